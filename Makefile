@@ -1,0 +1,50 @@
+# The commands a newcomer needs: `make run` and `make test`. Each sets itself up
+# (a venv in .venv, the Python dependencies, the compiled core) on a fresh machine.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+CORE_SOURCES := $(wildcard core_ext/*.pyx core_ext/*.pxd) core_ext/codes.py core_ext/limits.py setup.py
+BUILT := core_ext/.built
+DATA ?= var
+PYTEST_ARGS ?=
+
+.PHONY: run test bench debug annotate profile fuzz soak build clean docs
+
+run: build
+	$(PY) -m switch.demo --data $(DATA)
+
+test: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: build
+	$(PY) -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-columns=median,iqr,ops,rounds $(PYTEST_ARGS)
+
+# The profiling/debug build: annotate HTML, linetrace, CYTHON_TRACE_NOGIL, debug checks.
+debug: $(INSTALLED)
+	SWITCH_DEBUG=1 $(PY) setup.py build_ext --inplace --force
+	rm -f $(BUILT)
+
+annotate: $(INSTALLED)
+	SWITCH_ANNOTATE=1 $(PY) setup.py build_ext --inplace --force
+	@echo "annotation: core_ext/*.html"
+
+docs: $(INSTALLED)
+	$(PY) -m core_ext.codes --markdown > docs/ERRORS.md
+
+build: $(BUILT)
+
+$(BUILT): $(INSTALLED) $(CORE_SOURCES)
+	$(PY) setup.py -q build_ext --inplace
+	touch $(BUILT)
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "setuptools>=68" wheel "cython>=3.0,<4"
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $(INSTALLED)
+
+clean:
+	rm -rf build core_ext/*.c core_ext/*.so core_ext/*.html core_ext/*.pxi $(BUILT) *.egg-info

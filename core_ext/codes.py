@@ -1,0 +1,204 @@
+"""The one registry of result codes.
+
+Every result the switch can give -- a ledger verdict, a QR rejection, a rule
+decision, a protocol error -- has exactly one entry here: a stable number that
+travels on the wire, a stable UPPER_SNAKE name, a category and a sentence for
+docs/ERRORS.md.  The compiled core sees the same table as a C enum
+(`core_ext/codes.pxi`, generated from this file by setup.py), the server,
+client and CLI import `Code` from here, and docs/ERRORS.md is generated from
+it (`python -m core_ext.codes --markdown`); a test fails when the doc drifts.
+
+Numbers are never reused or renumbered once released: a wallet may have
+switched on them.  Ranges:
+
+      0        success
+      1 -  99  protocol and connection (framing, msgpack, handshake)
+    100 - 199  ledger: transfers and accounts (TigerBeetle's model)
+    300 - 399  QR payload validation (EMVCo MPM, national profiles, UPI links)
+    400 - 449  payment path: merchant directory, dynamic QR, payment fields
+    450 - 499  risk and AML decisions (what a wallet sees; rule ids stay internal)
+    500 - 549  authentication and authorization
+    600 - 649  system: overload, storage, shutdown
+"""
+from __future__ import annotations
+
+import enum
+import sys
+from typing import NamedTuple
+
+
+class Entry(NamedTuple):
+    value: int
+    name: str
+    category: str
+    description: str
+
+
+_ENTRIES: list[Entry] = [
+    Entry(0, "OK", "success", "Accepted: the event was applied (or, for a lookup, found)."),
+
+    # ---- 1-99: protocol and connection -------------------------------------
+    # (filled in by the wire protocol; see docs/PROTOCOL.md)
+
+    # ---- 100-199: ledger -----------------------------------------------------
+    Entry(100, "LINKED_EVENT_FAILED", "ledger",
+          "Another event in this linked chain failed, so this one was not applied either."),
+    Entry(101, "LINKED_EVENT_CHAIN_OPEN", "ledger",
+          "The last event of the batch has the `linked` flag: a chain must be closed inside its batch."),
+    Entry(102, "ID_MUST_NOT_BE_ZERO", "ledger", "The id is zero."),
+    Entry(103, "ID_MUST_NOT_BE_INT_MAX", "ledger", "The id is 2^64-1 (accounts) or 2^128-1 (transfers), which is reserved."),
+    Entry(104, "FLAGS_ARE_MUTUALLY_EXCLUSIVE", "ledger",
+          "Two flags that cannot be combined were set (e.g. pending with post_pending_transfer, or both balance limits)."),
+    Entry(105, "RESERVED_FLAG", "ledger", "A flag bit that has no meaning yet was set."),
+    Entry(106, "LEDGER_MUST_NOT_BE_ZERO", "ledger", "The ledger (currency) is zero."),
+    Entry(107, "CODE_MUST_NOT_BE_ZERO", "ledger", "The code (reason/type) is zero."),
+    Entry(108, "EXISTS", "ledger",
+          "An event with this id was already applied with identical fields: nothing changed (idempotent retry)."),
+    Entry(109, "EXISTS_WITH_DIFFERENT_FLAGS", "ledger", "The id exists with different flags."),
+    Entry(110, "EXISTS_WITH_DIFFERENT_LEDGER", "ledger", "The id exists with a different ledger."),
+    Entry(111, "EXISTS_WITH_DIFFERENT_CODE", "ledger", "The id exists with a different code."),
+    Entry(112, "EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID", "ledger", "The transfer id exists with a different debit account."),
+    Entry(113, "EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID", "ledger", "The transfer id exists with a different credit account."),
+    Entry(114, "EXISTS_WITH_DIFFERENT_AMOUNT", "ledger", "The transfer id exists with a different amount."),
+    Entry(115, "EXISTS_WITH_DIFFERENT_PENDING_ID", "ledger", "The transfer id exists with a different pending_id."),
+    Entry(116, "EXISTS_WITH_DIFFERENT_TIMEOUT", "ledger", "The transfer id exists with a different timeout."),
+    Entry(117, "ID_ALREADY_FAILED", "ledger",
+          "The first attempt with this transfer id failed a balance check; the id can never succeed."),
+    Entry(118, "DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO", "ledger", "The debit account id is zero."),
+    Entry(119, "CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO", "ledger", "The credit account id is zero."),
+    Entry(120, "ACCOUNTS_MUST_BE_DIFFERENT", "ledger", "The debit and credit account are the same account."),
+    Entry(121, "PENDING_ID_MUST_BE_ZERO", "ledger", "pending_id is set on a transfer that neither posts nor voids a pending one."),
+    Entry(122, "PENDING_ID_MUST_NOT_BE_ZERO", "ledger", "A post/void transfer must name the pending transfer in pending_id."),
+    Entry(123, "PENDING_ID_MUST_BE_DIFFERENT", "ledger", "pending_id equals the transfer's own id."),
+    Entry(124, "TIMEOUT_RESERVED_FOR_PENDING_TRANSFER", "ledger", "A timeout was given on a transfer that is not pending."),
+    Entry(125, "AMOUNT_MUST_NOT_BE_ZERO", "ledger", "The amount is zero."),
+    Entry(126, "DEBIT_ACCOUNT_NOT_FOUND", "ledger", "No account has the debit account id."),
+    Entry(127, "CREDIT_ACCOUNT_NOT_FOUND", "ledger", "No account has the credit account id."),
+    Entry(128, "ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER", "ledger", "The two accounts are in different ledgers (currencies)."),
+    Entry(129, "TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS", "ledger", "The transfer's ledger differs from its accounts' ledger."),
+    Entry(130, "PENDING_TRANSFER_NOT_FOUND", "ledger", "No transfer has the pending_id."),
+    Entry(131, "PENDING_TRANSFER_NOT_PENDING", "ledger", "The transfer named by pending_id is not a pending transfer."),
+    Entry(132, "PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID", "ledger", "The post/void names another debit account than the pending transfer."),
+    Entry(133, "PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID", "ledger", "The post/void names another credit account than the pending transfer."),
+    Entry(134, "PENDING_TRANSFER_HAS_DIFFERENT_LEDGER", "ledger", "The post/void names another ledger than the pending transfer."),
+    Entry(135, "PENDING_TRANSFER_HAS_DIFFERENT_CODE", "ledger", "The post/void names another code than the pending transfer."),
+    Entry(136, "EXCEEDS_PENDING_TRANSFER_AMOUNT", "ledger", "A post asks for more than the pending transfer reserved."),
+    Entry(137, "PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT", "ledger", "A void names an amount other than the pending transfer's."),
+    Entry(138, "PENDING_TRANSFER_ALREADY_POSTED", "ledger", "The pending transfer was already posted."),
+    Entry(139, "PENDING_TRANSFER_ALREADY_VOIDED", "ledger", "The pending transfer was already voided."),
+    Entry(140, "PENDING_TRANSFER_EXPIRED", "ledger", "The pending transfer's timeout passed; its amounts were released."),
+    Entry(141, "OVERFLOWS_DEBITS_PENDING", "ledger", "debits_pending of the debit account would pass 2^64-1."),
+    Entry(142, "OVERFLOWS_CREDITS_PENDING", "ledger", "credits_pending of the credit account would pass 2^64-1."),
+    Entry(143, "OVERFLOWS_DEBITS_POSTED", "ledger", "debits_posted of the debit account would pass 2^64-1."),
+    Entry(144, "OVERFLOWS_CREDITS_POSTED", "ledger", "credits_posted of the credit account would pass 2^64-1."),
+    Entry(145, "OVERFLOWS_DEBITS", "ledger", "debits_pending + debits_posted of the debit account would pass 2^64-1."),
+    Entry(146, "OVERFLOWS_CREDITS", "ledger", "credits_pending + credits_posted of the credit account would pass 2^64-1."),
+    Entry(147, "OVERFLOWS_TIMEOUT", "ledger", "timestamp + timeout would pass the clock's range."),
+    Entry(148, "EXCEEDS_CREDITS", "ledger",
+          "The debit account has debits_must_not_exceed_credits and this transfer would break it (insufficient funds)."),
+    Entry(149, "EXCEEDS_DEBITS", "ledger",
+          "The credit account has credits_must_not_exceed_debits and this transfer would break it."),
+    Entry(150, "ACCOUNT_NOT_FOUND", "ledger", "A lookup named an account that does not exist (or is not yours)."),
+    Entry(151, "TRANSFER_NOT_FOUND", "ledger", "A lookup named a transfer that does not exist (or is not yours)."),
+    Entry(152, "BATCH_TOO_LARGE", "ledger", "A batch holds more events than batch_events_max."),
+    Entry(153, "AMOUNT_MUST_NOT_EXCEED_BALANCE_MAX", "ledger", "The amount is past 2^64-1 or is negative."),
+    Entry(154, "ACCOUNTS_LIMIT_REACHED", "ledger", "The ledger holds accounts_max accounts already."),
+
+    # ---- 300-399: QR payload validation --------------------------------------
+    # (filled in by the QR validator)
+
+    # ---- 400-449: payment path ------------------------------------------------
+
+    # ---- 450-499: risk and AML decisions --------------------------------------
+
+    # ---- 500-549: authentication and authorization ----------------------------
+
+    # ---- 600-649: system ------------------------------------------------------
+    Entry(600, "BUSY", "system", "The switch is shedding load; nothing was applied. Retry later with the same ids."),
+    Entry(601, "STORAGE_FAILED", "system",
+          "The batch could not be committed (disk full, I/O error); nothing in it was applied. Retry with the same ids."),
+    Entry(602, "SHUTTING_DOWN", "system", "The switch is stopping and takes no new requests; nothing was applied."),
+    Entry(603, "INTERNAL_ERROR", "system", "A bug: nothing was applied, and the operator has a log entry."),
+]
+
+Code = enum.IntEnum("Code", [(entry.name, entry.value) for entry in _ENTRIES])
+Code.__doc__ = "Every result code of the switch; see docs/ERRORS.md."
+
+ENTRIES: dict[int, Entry] = {entry.value: entry for entry in _ENTRIES}
+
+
+def describe(code: int) -> str:
+    """The registry's sentence for a code, for logs and the CLI."""
+    entry = ENTRIES.get(int(code))
+    return entry.description if entry else f"unknown code {int(code)}"
+
+
+def name_of(code: int) -> str:
+    entry = ENTRIES.get(int(code))
+    return entry.name if entry else f"UNKNOWN_{int(code)}"
+
+
+def check_registry() -> None:
+    """Fail loudly on a duplicate number or name: a registry that lies is worse than none."""
+    seen_values: set[int] = set()
+    seen_names: set[str] = set()
+    for entry in _ENTRIES:
+        assert entry.value not in seen_values, f"duplicate code number {entry.value}"
+        assert entry.name not in seen_names, f"duplicate code name {entry.name}"
+        assert entry.name.isupper() and entry.name.replace("_", "").isalnum(), entry.name
+        assert 0 <= entry.value < 65536, entry.value
+        seen_values.add(entry.value)
+        seen_names.add(entry.name)
+
+
+check_registry()
+
+
+def as_pxi() -> str:
+    """The registry as a Cython enum, so the compiled core names codes, never numbers."""
+    lines = ["# Generated from core_ext/codes.py by setup.py. Do not edit.", "cdef enum:"]
+    lines += [f"    CODE_{entry.name} = {entry.value}" for entry in _ENTRIES]
+    return "\n".join(lines) + "\n"
+
+
+_CATEGORY_TITLES = {
+    "success": "Success",
+    "protocol": "Protocol and connection (1-99)",
+    "ledger": "Ledger: transfers and accounts (100-199)",
+    "qr": "QR payload validation (300-399)",
+    "payment": "Payment path (400-449)",
+    "risk": "Risk and AML decisions (450-499)",
+    "auth": "Authentication and authorization (500-549)",
+    "system": "System (600-649)",
+}
+
+
+def as_markdown() -> str:
+    """docs/ERRORS.md, generated so it can never disagree with the code."""
+    out = [
+        "# Result codes",
+        "",
+        "Generated from `core_ext/codes.py` by `python -m core_ext.codes --markdown`; do not edit by hand.",
+        "Every response of the switch carries one of these numbers; the number and the name are stable",
+        "across releases and are never reused. A batch response carries one code per item.",
+        "",
+    ]
+    for category, title in _CATEGORY_TITLES.items():
+        entries = [entry for entry in _ENTRIES if entry.category == category]
+        if not entries:
+            continue
+        out += [f"## {title}", "", "| code | name | meaning |", "| ---: | --- | --- |"]
+        out += [f"| {e.value} | `{e.name}` | {e.description} |" for e in entries]
+        out.append("")
+    unknown = {entry.category for entry in _ENTRIES} - set(_CATEGORY_TITLES)
+    assert not unknown, f"categories without a title: {unknown}"
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--markdown"]:
+        sys.stdout.write(as_markdown())
+    elif sys.argv[1:] == ["--pxi"]:
+        sys.stdout.write(as_pxi())
+    else:
+        sys.exit("usage: python -m core_ext.codes --markdown | --pxi")

@@ -1,0 +1,4 @@
+"""The compiled core: the same names as core_ext.reference, from the Cython modules."""
+from core_ext._build_info import build_info
+
+__all__ = ["build_info"]

@@ -1,0 +1,8 @@
+"""The pure-Python reference twin of the compiled core.
+
+Same functions, same results, written to be read: when the two disagree, the
+reading of this twin against the spec decides which one has the bug.
+"""
+from core_ext.reference.build_info import build_info
+
+__all__ = ["build_info"]

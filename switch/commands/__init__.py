@@ -1,0 +1,1 @@
+"""The `switch` command groups, one module each (registered in switch/cli.py)."""
