@@ -39,6 +39,34 @@ _ENTRIES: list[Entry] = [
 
     # ---- 1-99: protocol and connection -------------------------------------
     # (filled in by the wire protocol; see docs/PROTOCOL.md)
+    Entry(1, "FRAME_TOO_LARGE", "protocol",
+          "The length prefix is past frame_bytes_max. The server answers with request id 0 and closes the connection."),
+    Entry(2, "FRAME_EMPTY", "protocol",
+          "The length prefix is zero. The server answers with request id 0 and closes the connection."),
+    Entry(3, "MALFORMED_MSGPACK", "protocol",
+          "The frame body is not exactly one valid msgpack object. Answered with request id 0; the connection stays open."),
+    Entry(4, "MSGPACK_LIMIT_EXCEEDED", "protocol",
+          "A string, binary, array or map in the frame is longer than its limit. Answered with request id 0; the connection stays open."),
+    Entry(5, "MALFORMED_REQUEST", "protocol",
+          "The frame is not an array [request_id, operation, arguments] with a request id in 1..2^32-1; the connection stays open."),
+    Entry(6, "UNKNOWN_OPERATION", "protocol", "The operation name is not one the protocol defines; the connection stays open."),
+    Entry(7, "INVALID_ARGUMENTS", "protocol",
+          "The arguments of a known operation have the wrong shape, msgpack type or range; nothing was applied."),
+    Entry(8, "TOO_MANY_ITEMS", "protocol", "A batch frame holds more items than batch_frame_items_max; nothing was applied."),
+    Entry(9, "HANDSHAKE_TIMEOUT", "protocol",
+          "The client did not authenticate within handshake_timeout_ms; the server closes the connection."),
+    Entry(10, "UNSUPPORTED_VERSION", "protocol",
+          "The client asked for a protocol version the server does not speak; the server closes the connection."),
+    Entry(11, "MALFORMED_HANDSHAKE", "protocol",
+          "The first frame from the client is not a well-formed `auth` message; the server closes the connection."),
+    Entry(12, "TOO_MANY_CONNECTIONS", "protocol",
+          "The server holds connections_max connections already; it answers this and closes the new connection."),
+    Entry(13, "RATE_LIMITED", "protocol",
+          "The participant sent more items per second than its rate limit; this item was not applied. Retry later with the same ids."),
+    Entry(14, "SLOW_READER", "protocol",
+          "The client stopped reading its responses past the write-buffer limit; the server cut the connection (logged, never sent)."),
+    Entry(15, "CONNECTION_LOST", "protocol",
+          "Never sent: the Python client reports it when the connection dropped before the answer came; retry with the same ids."),
 
     # ---- 100-199: ledger -----------------------------------------------------
     Entry(100, "LINKED_EVENT_FAILED", "ledger",
@@ -112,6 +140,15 @@ _ENTRIES: list[Entry] = [
     # ---- 450-499: risk and AML decisions --------------------------------------
 
     # ---- 500-549: authentication and authorization ----------------------------
+    Entry(500, "NOT_AUTHENTICATED", "auth",
+          "A request came before the handshake completed; the server answers with request id 0 and closes the connection."),
+    Entry(501, "AUTHENTICATION_FAILED", "auth",
+          "Unknown participant or wrong HMAC over this connection's nonce; the server closes the connection."),
+    Entry(502, "ALREADY_AUTHENTICATED", "auth",
+          "An `auth` message on a connection that is already authenticated; ignored, the connection stays open."),
+    Entry(503, "ACCOUNT_NOT_OWNED", "auth",
+          "The participant tried to debit (or post/void a pending transfer from) an account it does not own; nothing was applied."),
+    Entry(504, "OPERATOR_ROLE_REQUIRED", "auth", "The operation needs the operator role (e.g. creating accounts); nothing was applied."),
 
     # ---- 600-649: system ------------------------------------------------------
     Entry(600, "BUSY", "system", "The switch is shedding load; nothing was applied. Retry later with the same ids."),

@@ -24,6 +24,37 @@ TIMEOUT_SECONDS_MAX = 2**32 - 1
 MAP_BYTES_INITIAL = 1 << 30
 MAP_BYTES_MAX = 1 << 40
 
+# ---- protocol/server ---------------------------------------------------------
+# One frame's body (the 4-byte length prefix excluded). A full pay_batch of
+# batch_frame_items_max payments with 512-byte QR payloads fits with room to spare.
+FRAME_BYTES_MAX = 4 << 20
+# Items (payments, transfers, accounts, ids) one batch frame may carry. A payment
+# posts two transfers, so a full pay_batch still fits in one ledger batch.
+BATCH_FRAME_ITEMS_MAX = 4095
+# msgpack unpacking limits: every string (QR payload, reference, device id) ...
+STRING_BYTES_MAX = 1024
+# ... every bin (ids are 16 bytes, the handshake MAC 32) ...
+BIN_BYTES_MAX = 64
+# ... every map (the rare-op records: a transfer has 12 fields) ...
+MAP_ENTRIES_MAX = 32
+# ... and every array (the largest is a batch of items).
+ARRAY_ITEMS_MAX = BATCH_FRAME_ITEMS_MAX
+# Requests a connection may have unanswered; the server stops reading past it.
+IN_FLIGHT_REQUESTS_MAX = 1024
+# Connections the server holds at once; one more is answered and closed.
+CONNECTIONS_MAX = 1024
+# Unsent response bytes per connection before the server stops reading from it ...
+WRITE_BUFFER_BYTES_HIGH = 1 << 20
+# ... and how long it may stay there before the connection is cut off.
+WRITE_STALL_MS_MAX = 5_000
+# Time a new connection has to authenticate.
+HANDSHAKE_TIMEOUT_MS = 5_000
+# Per-participant token bucket: sustained items per second, and the burst allowed.
+RATE_ITEMS_PER_SECOND = 200_000
+RATE_BURST_ITEMS = 400_000
+# Events (ledger transfers) the server gathers into one engine call / commit.
+SERVER_BATCH_EVENTS_MAX = BATCH_EVENTS_MAX
+
 LIMITS: dict[str, int] = {
     name: value for name, value in globals().items()
     if name.isupper() and isinstance(value, int)
