@@ -1,0 +1,1 @@
+"""Benchmarks of the switch: micro-benchmarks, load runs and baselines."""

@@ -1,0 +1,1 @@
+"""Baselines of the load benchmark: the same workload against other systems."""

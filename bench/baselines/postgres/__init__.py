@@ -1,0 +1,1 @@
+"""The PostgreSQL baseline: the switch's workload against a durable PostgreSQL ledger."""
