@@ -37,8 +37,9 @@ STRING_BYTES_MAX = 1024
 BIN_BYTES_MAX = 64
 # ... every map (the rare-op records: a transfer has 12 fields) ...
 MAP_ENTRIES_MAX = 32
-# ... and every array (the largest is a batch of items).
-ARRAY_ITEMS_MAX = BATCH_FRAME_ITEMS_MAX
+# ... and every array: a decoder-level bound; the schema bounds a batch tighter
+# (batch_frame_items_max, answered TOO_MANY_ITEMS).
+ARRAY_ITEMS_MAX = 8192
 # Requests a connection may have unanswered; the server stops reading past it.
 IN_FLIGHT_REQUESTS_MAX = 1024
 # Connections the server holds at once; one more is answered and closed.
