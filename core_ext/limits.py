@@ -56,6 +56,31 @@ RATE_BURST_ITEMS = 400_000
 # Events (ledger transfers) the server gathers into one engine call / commit.
 SERVER_BATCH_EVENTS_MAX = BATCH_EVENTS_MAX
 
+# ---- QR ---------------------------------------------------------------------
+# EMVCo MPM 4.1: a payload is at most 512 characters. Any payload (EMVCo or a
+# UPI link) is refused past 4 bytes per character of that, before decoding.
+QR_PAYLOAD_CHARS_MAX = 512
+QR_PAYLOAD_BYTES_MAX = 4 * QR_PAYLOAD_CHARS_MAX
+# EMVCo field sizes (Table 3.6 / 3.7), in characters.
+QR_GUID_CHARS_MAX = 32
+QR_AMOUNT_CHARS_MAX = 13
+QR_FEE_PERCENT_CHARS_MAX = 5
+QR_MERCHANT_NAME_CHARS_MAX = 25
+QR_MERCHANT_CITY_CHARS_MAX = 15
+QR_POSTAL_CODE_CHARS_MAX = 10
+QR_ADDITIONAL_DATA_CHARS_MAX = 25
+QR_TAX_ID_CHARS_MAX = 20
+# Merchant keys one result carries (one per merchant account object, most specific first).
+QR_MERCHANT_KEYS_MAX = 8
+# UPI links: parameters per link, characters of a payee address.
+UPI_PARAMS_MAX = 64
+UPI_VPA_CHARS_MAX = 255
+# Merchant directory: registered (scheme, identifier) pairs, and used dynamic
+# QR digests kept for replay detection (pruned once their expiry has passed).
+MERCHANT_KEYS_MAX = 1_000_000
+MERCHANT_NAME_CHARS_MAX = 99
+USED_QR_COUNT_MAX = 10_000_000
+
 LIMITS: dict[str, int] = {
     name: value for name, value in globals().items()
     if name.isupper() and isinstance(value, int)
