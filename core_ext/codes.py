@@ -131,6 +131,14 @@ _ENTRIES: list[Entry] = [
     Entry(152, "BATCH_TOO_LARGE", "ledger", "A batch holds more events than batch_events_max."),
     Entry(153, "AMOUNT_MUST_NOT_EXCEED_BALANCE_MAX", "ledger", "The amount is past 2^64-1 or is negative."),
     Entry(154, "ACCOUNTS_LIMIT_REACHED", "ledger", "The ledger holds accounts_max accounts already."),
+    Entry(155, "FIELD_OUT_OF_RANGE", "ledger",
+          "A field is not an integer or does not fit its width (u128 ids and user_data_128, u64 account ids and user_data_64, u32 ledger and user_data_32, u16 code)."),
+    Entry(156, "TIMEOUT_MUST_NOT_EXCEED_MAX", "ledger", "The timeout is negative or past timeout_seconds_max."),
+    Entry(157, "TIMESTAMP_MUST_BE_ZERO", "ledger", "The event carries a timestamp: the ledger assigns timestamps itself."),
+    Entry(158, "BALANCES_MUST_BE_ZERO", "ledger", "A new account carries a nonzero balance: balances move only by transfers."),
+    Entry(159, "EXISTS_WITH_DIFFERENT_USER_DATA_128", "ledger", "The id exists with a different user_data_128."),
+    Entry(160, "EXISTS_WITH_DIFFERENT_USER_DATA_64", "ledger", "The id exists with a different user_data_64."),
+    Entry(161, "EXISTS_WITH_DIFFERENT_USER_DATA_32", "ledger", "The id exists with a different user_data_32."),
 
     # ---- 300-399: QR payload validation --------------------------------------
     # A rejection also names the tag at fault (e.g. "62.05", or the UPI key "pa").

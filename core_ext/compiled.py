@@ -1,4 +1,5 @@
 """The compiled core: the same names as core_ext.reference, from the Cython modules."""
 from core_ext._build_info import build_info
+from core_ext._ledger import Ledger
 
-__all__ = ["build_info"]
+__all__ = ["build_info", "Ledger"]

@@ -18,11 +18,17 @@ ACCOUNTS_MAX = 4_000_000
 AMOUNT_MINOR_MAX = 2**64 - 1
 # A pending transfer's timeout, in seconds (TigerBeetle uses u32 seconds).
 TIMEOUT_SECONDS_MAX = 2**32 - 1
+# Rows one account_history() call may return (the most recent ones).
+ACCOUNT_HISTORY_ROWS_MAX = 8190
 
 # ---- storage ----------------------------------------------------------------
 # LMDB map size at first open, and the ceiling it may grow to.
 MAP_BYTES_INITIAL = 1 << 30
 MAP_BYTES_MAX = 1 << 40
+# A journal record (one batch, all components) is refused on read past this size.
+JOURNAL_RECORD_BYTES_MAX = 64 << 20
+# Account balances are checkpointed with the journal sequence every this many batches (and on close).
+CHECKPOINT_INTERVAL_BATCHES = 10_000
 
 # ---- protocol/server ---------------------------------------------------------
 # One frame's body (the 4-byte length prefix excluded). A full pay_batch of

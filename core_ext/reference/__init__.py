@@ -4,5 +4,6 @@ Same functions, same results, written to be read: when the two disagree, the
 reading of this twin against the spec decides which one has the bug.
 """
 from core_ext.reference.build_info import build_info
+from core_ext.reference.ledger import Ledger
 
-__all__ = ["build_info"]
+__all__ = ["build_info", "Ledger"]

@@ -1,0 +1,1224 @@
+# cython: language_level=3
+"""The double-entry ledger, compiled: the rules of core_ext/reference/ledger.py over C arrays.
+
+Accounts and transfers live in C arrays of structs (_ledger.pxd) found through
+open-addressing hash indexes (linear probing, load at most 1/2).  A linked chain
+is undone through an undo log: inserted rows are truncated and their index slots
+cleared in reverse order, which restores a linear-probing table exactly because
+the table is grown only between batches (`_reserve`), never inside one.
+
+The module docstring of the reference twin states the rules (batches, chains,
+idempotency, two-phase, balancing, time); this module must give the same codes,
+the same balances, the same journal bytes and the same state_bytes().
+"""
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memcpy, memset
+
+import hashlib
+import struct
+
+from core_ext.types import Account, Transfer
+
+include "codes.pxi"
+include "limits.pxi"
+
+cdef extern from *:
+    """
+    #define LEDGER_U64_MAX 0xFFFFFFFFFFFFFFFFULL
+    #define LEDGER_CLOCK_NS_MAX 0x7FFFFFFFFFFFFFFFULL
+    """
+    const uint64_t LEDGER_U64_MAX
+    const uint64_t LEDGER_CLOCK_NS_MAX
+
+cdef enum:
+    ACCOUNT_LINKED = 1
+    ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS = 2
+    ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS = 4
+    ACCOUNT_HISTORY = 8
+    ACCOUNT_FLAGS_KNOWN = 15
+
+    TRANSFER_LINKED = 1
+    TRANSFER_PENDING = 2
+    TRANSFER_POST_PENDING = 4
+    TRANSFER_VOID_PENDING = 8
+    TRANSFER_BALANCING_DEBIT = 16
+    TRANSFER_BALANCING_CREDIT = 32
+    TRANSFER_FLAGS_KNOWN = 63
+
+    STATUS_POSTED = 0
+    STATUS_PENDING = 1
+    STATUS_PENDING_POSTED = 2
+    STATUS_PENDING_VOIDED = 3
+    STATUS_PENDING_EXPIRED = 4
+    STATUS_FAILED = 5
+
+    JOURNAL_ACCOUNT = 1
+    JOURNAL_TRANSFER = 2
+    JOURNAL_FAILED = 3
+    JOURNAL_EXPIRED = 4
+
+    UNDO_BALANCES = 1
+    UNDO_STATUS = 2
+    UNDO_ACCOUNT_INSERT = 3
+    UNDO_TRANSFER_INSERT = 4
+
+cdef enum:
+    NS_PER_SECOND = 1000000000
+
+cdef object U128_MAX = 2**128 - 1
+cdef object U64_MASK = 2**64 - 1
+cdef object _ACCOUNT_STATE_TAIL = struct.Struct("<QQQQ")
+cdef object _HEADER = struct.Struct("<QQQQ")
+cdef object _FAILED = struct.Struct("<QQ")
+
+
+# ---- hashing ------------------------------------------------------------------
+
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    # splitmix64's finalizer: ids are often sequential, so spread them over the table.
+    x ^= x >> 30
+    x *= 0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= 0x94d049bb133111ebULL
+    x ^= x >> 31
+    return x
+
+
+cdef inline uint64_t _hash128(uint64_t lo, uint64_t hi) noexcept nogil:
+    return _mix(lo ^ _mix(hi + 0x9e3779b97f4a7c15ULL))
+
+
+cdef inline bint _is_failure_forever(int code) noexcept nogil:
+    return (CODE_OVERFLOWS_DEBITS_PENDING <= code <= CODE_OVERFLOWS_CREDITS
+            or code == CODE_EXCEEDS_CREDITS or code == CODE_EXCEEDS_DEBITS)
+
+
+cdef inline uint64_t _next_timestamp(uint64_t last, uint64_t now_ns) noexcept nogil:
+    return now_ns if now_ns > last else last + 1
+
+
+cdef int _grow(void** array, Py_ssize_t* capacity, Py_ssize_t needed, size_t item_size) except -1:
+    """Make room for `needed` items, doubling; raises MemoryError instead of returning NULL."""
+    if needed <= capacity[0]:
+        return 0
+    cdef Py_ssize_t new_capacity = capacity[0] * 2 if capacity[0] else 64
+    while new_capacity < needed:
+        new_capacity *= 2
+    cdef void* grown = realloc(array[0], new_capacity * item_size)
+    if grown == NULL:
+        raise MemoryError("ledger: out of memory")
+    array[0] = grown
+    capacity[0] = new_capacity
+    return 0
+
+
+# ---- Python <-> C conversion (the only place Python objects are read) ------------
+
+cdef inline bint _u64(object value, uint64_t* out):
+    if not isinstance(value, int):
+        return False
+    try:
+        out[0] = value
+    except OverflowError:
+        return False
+    return True
+
+
+cdef inline bint _u128(object value, uint64_t* lo, uint64_t* hi):
+    if not isinstance(value, int):
+        return False
+    try:
+        lo[0] = value
+        hi[0] = 0
+        return True
+    except OverflowError:
+        pass
+    if value < 0 or value > U128_MAX:
+        return False
+    lo[0] = value & U64_MASK
+    hi[0] = value >> 64
+    return True
+
+
+cdef inline bint _uint_at_most(object value, uint64_t maximum, uint64_t* out):
+    return _u64(value, out) and out[0] <= maximum
+
+
+cdef inline bint _is_linked(object flags):
+    cdef uint64_t value
+    return _uint_at_most(flags, 0xFFFF, &value) and (value & 1) != 0
+
+
+cdef int _account_from_python(object a, AccountC* out):
+    """The checks on an account's fields, in the twin's order; fills `out` when they pass."""
+    cdef uint64_t value
+    memset(out, 0, sizeof(AccountC))
+    if a.timestamp != 0:
+        return CODE_TIMESTAMP_MUST_BE_ZERO
+    if not _u64(a.id, &out.id):
+        return CODE_FIELD_OUT_OF_RANGE
+    if out.id == 0:
+        return CODE_ID_MUST_NOT_BE_ZERO
+    if out.id == LEDGER_U64_MAX:
+        return CODE_ID_MUST_NOT_BE_INT_MAX
+    if not _uint_at_most(a.flags, 0xFFFF, &value) or value & ~(<uint64_t>ACCOUNT_FLAGS_KNOWN):
+        return CODE_RESERVED_FLAG
+    out.flags = <uint16_t>value
+    if (out.flags & ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS) and (out.flags & ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS):
+        return CODE_FLAGS_ARE_MUTUALLY_EXCLUSIVE
+    if (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted) != (0, 0, 0, 0):
+        return CODE_BALANCES_MUST_BE_ZERO
+    if not _uint_at_most(a.ledger, 0xFFFFFFFF, &value):
+        return CODE_FIELD_OUT_OF_RANGE
+    out.ledger = <uint32_t>value
+    if not _uint_at_most(a.code, 0xFFFF, &value):
+        return CODE_FIELD_OUT_OF_RANGE
+    out.code = <uint16_t>value
+    if not _u128(a.user_data_128, &out.user_data_128_lo, &out.user_data_128_hi):
+        return CODE_FIELD_OUT_OF_RANGE
+    if not _u64(a.user_data_64, &out.user_data_64):
+        return CODE_FIELD_OUT_OF_RANGE
+    if not _uint_at_most(a.user_data_32, 0xFFFFFFFF, &value):
+        return CODE_FIELD_OUT_OF_RANGE
+    out.user_data_32 = <uint32_t>value
+    return 0
+
+
+cdef int _transfer_from_python(object t, TransferC* out):
+    """The checks on a transfer's fields, in the twin's order; fills `out` when they pass."""
+    cdef uint64_t value
+    memset(out, 0, sizeof(TransferC))
+    if t.timestamp != 0:
+        return CODE_TIMESTAMP_MUST_BE_ZERO
+    if not _u128(t.id, &out.id_lo, &out.id_hi):
+        return CODE_FIELD_OUT_OF_RANGE
+    if out.id_lo == 0 and out.id_hi == 0:
+        return CODE_ID_MUST_NOT_BE_ZERO
+    if out.id_lo == LEDGER_U64_MAX and out.id_hi == LEDGER_U64_MAX:
+        return CODE_ID_MUST_NOT_BE_INT_MAX
+    if not _uint_at_most(t.flags, 0xFFFF, &value) or value & ~(<uint64_t>TRANSFER_FLAGS_KNOWN):
+        return CODE_RESERVED_FLAG
+    out.flags = <uint16_t>value
+    if not (_u64(t.debit_account_id, &out.debit_account_id) and _u64(t.credit_account_id, &out.credit_account_id)
+            and _u128(t.pending_id, &out.pending_id_lo, &out.pending_id_hi)
+            and _u128(t.user_data_128, &out.user_data_128_lo, &out.user_data_128_hi)
+            and _u64(t.user_data_64, &out.user_data_64)):
+        return CODE_FIELD_OUT_OF_RANGE
+    if not _uint_at_most(t.user_data_32, 0xFFFFFFFF, &value):
+        return CODE_FIELD_OUT_OF_RANGE
+    out.user_data_32 = <uint32_t>value
+    if not _uint_at_most(t.ledger, 0xFFFFFFFF, &value):
+        return CODE_FIELD_OUT_OF_RANGE
+    out.ledger = <uint32_t>value
+    if not _uint_at_most(t.code, 0xFFFF, &value):
+        return CODE_FIELD_OUT_OF_RANGE
+    out.code = <uint16_t>value
+    if not _uint_at_most(t.amount, LIMIT_AMOUNT_MINOR_MAX, &out.amount):
+        return CODE_AMOUNT_MUST_NOT_EXCEED_BALANCE_MAX
+    if not _uint_at_most(t.timeout, LIMIT_TIMEOUT_SECONDS_MAX, &value):
+        return CODE_TIMEOUT_MUST_NOT_EXCEED_MAX
+    out.timeout = <uint32_t>value
+    return 0
+
+
+cdef object _u128_int(uint64_t lo, uint64_t hi):
+    if hi == 0:
+        return lo
+    return (<object>hi << 64) | lo
+
+
+cdef object _account_to_python(const AccountC* a):
+    return Account(a.id, a.ledger, a.code, a.flags, _u128_int(a.user_data_128_lo, a.user_data_128_hi),
+                   a.user_data_64, a.user_data_32, a.debits_pending, a.debits_posted,
+                   a.credits_pending, a.credits_posted, a.timestamp)
+
+
+cdef object _transfer_to_python(const TransferC* t):
+    return Transfer(_u128_int(t.id_lo, t.id_hi), t.debit_account_id, t.credit_account_id, t.amount,
+                    t.ledger, t.code, t.flags, _u128_int(t.pending_id_lo, t.pending_id_hi), t.timeout,
+                    _u128_int(t.user_data_128_lo, t.user_data_128_hi), t.user_data_64, t.user_data_32,
+                    t.timestamp)
+
+
+cdef void _account_record(const AccountC* a, AccountRecordC* r) noexcept nogil:
+    r.id = a.id
+    r.user_data_128_lo = a.user_data_128_lo
+    r.user_data_128_hi = a.user_data_128_hi
+    r.user_data_64 = a.user_data_64
+    r.timestamp = a.timestamp
+    r.ledger = a.ledger
+    r.user_data_32 = a.user_data_32
+    r.code = a.code
+    r.flags = a.flags
+
+
+cdef void _transfer_record(const TransferC* t, TransferRecordC* r) noexcept nogil:
+    r.id_lo = t.id_lo
+    r.id_hi = t.id_hi
+    r.debit_account_id = t.debit_account_id
+    r.credit_account_id = t.credit_account_id
+    r.amount = t.amount
+    r.pending_id_lo = t.pending_id_lo
+    r.pending_id_hi = t.pending_id_hi
+    r.user_data_128_lo = t.user_data_128_lo
+    r.user_data_128_hi = t.user_data_128_hi
+    r.user_data_64 = t.user_data_64
+    r.timestamp = t.timestamp
+    r.user_data_32 = t.user_data_32
+    r.timeout = t.timeout
+    r.ledger = t.ledger
+    r.code = t.code
+    r.flags = t.flags
+
+
+cdef void _transfer_from_record(const TransferRecordC* r, TransferC* t) noexcept nogil:
+    memset(t, 0, sizeof(TransferC))
+    t.id_lo = r.id_lo
+    t.id_hi = r.id_hi
+    t.debit_account_id = r.debit_account_id
+    t.credit_account_id = r.credit_account_id
+    t.amount = r.amount
+    t.pending_id_lo = r.pending_id_lo
+    t.pending_id_hi = r.pending_id_hi
+    t.user_data_128_lo = r.user_data_128_lo
+    t.user_data_128_hi = r.user_data_128_hi
+    t.user_data_64 = r.user_data_64
+    t.timestamp = r.timestamp
+    t.user_data_32 = r.user_data_32
+    t.timeout = r.timeout
+    t.ledger = r.ledger
+    t.code = r.code
+    t.flags = r.flags
+
+
+cdef int _account_exists_code(const AccountC* e, const AccountC* a) noexcept nogil:
+    if (e.flags & ~ACCOUNT_LINKED) != (a.flags & ~ACCOUNT_LINKED):
+        return CODE_EXISTS_WITH_DIFFERENT_FLAGS
+    if e.user_data_128_lo != a.user_data_128_lo or e.user_data_128_hi != a.user_data_128_hi:
+        return CODE_EXISTS_WITH_DIFFERENT_USER_DATA_128
+    if e.user_data_64 != a.user_data_64:
+        return CODE_EXISTS_WITH_DIFFERENT_USER_DATA_64
+    if e.user_data_32 != a.user_data_32:
+        return CODE_EXISTS_WITH_DIFFERENT_USER_DATA_32
+    if e.ledger != a.ledger:
+        return CODE_EXISTS_WITH_DIFFERENT_LEDGER
+    if e.code != a.code:
+        return CODE_EXISTS_WITH_DIFFERENT_CODE
+    return CODE_EXISTS
+
+
+cdef int _transfer_exists_code(const TransferC* e, const TransferC* t) noexcept nogil:
+    # On a post/void zero fields inherit and are not compared; a balancing transfer
+    # may have moved less than it asked, so only asking for less is a difference.
+    if (e.flags & ~TRANSFER_LINKED) != (t.flags & ~TRANSFER_LINKED):
+        return CODE_EXISTS_WITH_DIFFERENT_FLAGS
+    cdef bint resolves = (t.flags & (TRANSFER_POST_PENDING | TRANSFER_VOID_PENDING)) != 0
+    cdef bint balancing = (t.flags & (TRANSFER_BALANCING_DEBIT | TRANSFER_BALANCING_CREDIT)) != 0
+    if (t.debit_account_id or not resolves) and e.debit_account_id != t.debit_account_id:
+        return CODE_EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID
+    if (t.credit_account_id or not resolves) and e.credit_account_id != t.credit_account_id:
+        return CODE_EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID
+    if balancing:
+        if t.amount < e.amount:
+            return CODE_EXISTS_WITH_DIFFERENT_AMOUNT
+    elif (t.amount or not resolves) and e.amount != t.amount:
+        return CODE_EXISTS_WITH_DIFFERENT_AMOUNT
+    if e.pending_id_lo != t.pending_id_lo or e.pending_id_hi != t.pending_id_hi:
+        return CODE_EXISTS_WITH_DIFFERENT_PENDING_ID
+    if e.timeout != t.timeout:
+        return CODE_EXISTS_WITH_DIFFERENT_TIMEOUT
+    if (t.ledger or not resolves) and e.ledger != t.ledger:
+        return CODE_EXISTS_WITH_DIFFERENT_LEDGER
+    if (t.code or not resolves) and e.code != t.code:
+        return CODE_EXISTS_WITH_DIFFERENT_CODE
+    if e.user_data_128_lo != t.user_data_128_lo or e.user_data_128_hi != t.user_data_128_hi:
+        return CODE_EXISTS_WITH_DIFFERENT_USER_DATA_128
+    if e.user_data_64 != t.user_data_64:
+        return CODE_EXISTS_WITH_DIFFERENT_USER_DATA_64
+    if e.user_data_32 != t.user_data_32:
+        return CODE_EXISTS_WITH_DIFFERENT_USER_DATA_32
+    return CODE_EXISTS
+
+
+cdef int _pending_mismatch_code(const TransferC* p, const TransferC* t) noexcept nogil:
+    if t.debit_account_id and t.debit_account_id != p.debit_account_id:
+        return CODE_PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
+    if t.credit_account_id and t.credit_account_id != p.credit_account_id:
+        return CODE_PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID
+    if t.ledger and t.ledger != p.ledger:
+        return CODE_PENDING_TRANSFER_HAS_DIFFERENT_LEDGER
+    if t.code and t.code != p.code:
+        return CODE_PENDING_TRANSFER_HAS_DIFFERENT_CODE
+    if t.flags & TRANSFER_POST_PENDING:
+        if t.amount > p.amount:
+            return CODE_EXCEEDS_PENDING_TRANSFER_AMOUNT
+    elif t.amount and t.amount != p.amount:
+        return CODE_PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
+    return 0
+
+
+cdef inline uint64_t _available(uint64_t plus, uint64_t minus_a, uint64_t minus_b) noexcept nogil:
+    # minus_a + minus_b cannot overflow: a balance total never passes 2^64-1 (checked on every move).
+    cdef uint64_t minus = minus_a + minus_b
+    return plus - minus if plus > minus else 0
+
+
+cdef uint64_t _balanced_amount(const TransferC* t, const AccountC* dr, const AccountC* cr) noexcept nogil:
+    cdef uint64_t amount = t.amount
+    cdef uint64_t available
+    if t.flags & TRANSFER_BALANCING_DEBIT:
+        available = _available(dr.credits_posted, dr.debits_posted, dr.debits_pending)
+        if available < amount:
+            amount = available
+    if t.flags & TRANSFER_BALANCING_CREDIT:
+        available = _available(cr.debits_posted, cr.credits_posted, cr.credits_pending)
+        if available < amount:
+            amount = available
+    return amount
+
+
+cdef int _balance_code(const AccountC* dr, const AccountC* cr, uint64_t amount, bint pending) noexcept nogil:
+    """Overflow and balance-limit checks, before anything moves (u64 arithmetic, no wrap)."""
+    if pending:
+        if dr.debits_pending > LEDGER_U64_MAX - amount:
+            return CODE_OVERFLOWS_DEBITS_PENDING
+        if cr.credits_pending > LEDGER_U64_MAX - amount:
+            return CODE_OVERFLOWS_CREDITS_PENDING
+    else:
+        if dr.debits_posted > LEDGER_U64_MAX - amount:
+            return CODE_OVERFLOWS_DEBITS_POSTED
+        if cr.credits_posted > LEDGER_U64_MAX - amount:
+            return CODE_OVERFLOWS_CREDITS_POSTED
+    # Each total fits: the invariant holds before this transfer.
+    cdef uint64_t debits = dr.debits_pending + dr.debits_posted
+    cdef uint64_t credits = cr.credits_pending + cr.credits_posted
+    if debits > LEDGER_U64_MAX - amount:
+        return CODE_OVERFLOWS_DEBITS
+    if credits > LEDGER_U64_MAX - amount:
+        return CODE_OVERFLOWS_CREDITS
+    if dr.flags & ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS and debits + amount > dr.credits_posted:
+        return CODE_EXCEEDS_CREDITS
+    if cr.flags & ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS and credits + amount > cr.debits_posted:
+        return CODE_EXCEEDS_DEBITS
+    return 0
+
+
+cdef inline bint _expiry_before(const ExpiryC* a, const ExpiryC* b) noexcept nogil:
+    if a.expires_at_ns != b.expires_at_ns:
+        return a.expires_at_ns < b.expires_at_ns
+    return a.timestamp < b.timestamp
+
+
+def _check_now(now_ns):
+    if not isinstance(now_ns, int) or now_ns < 0 or now_ns > LEDGER_CLOCK_NS_MAX:
+        raise ValueError(f"now_ns must be 0..2^63-1 nanoseconds since the epoch, not {now_ns!r}")
+
+
+@cython.final
+cdef class Ledger:
+    """Accounts and transfers in C arrays; a journaled component named "ledger".
+
+    Same API and results as core_ext.reference.Ledger (see its docstring for
+    the rules).  A batch larger than limits.BATCH_EVENTS_MAX gets
+    BATCH_TOO_LARGE for every event and nothing is applied.
+    """
+
+    name = "ledger"
+
+    def __cinit__(self, accounts_max=LIMIT_ACCOUNTS_MAX):
+        if not isinstance(accounts_max, int) or not 0 < accounts_max <= LIMIT_ACCOUNTS_MAX:
+            raise ValueError(f"accounts_max must be 1..{LIMIT_ACCOUNTS_MAX}, not {accounts_max!r}")
+        self.accounts_max = accounts_max
+        self.scratch_transfers = <TransferC*>calloc(LIMIT_BATCH_EVENTS_MAX, sizeof(TransferC))
+        self.scratch_accounts = <AccountC*>calloc(LIMIT_BATCH_EVENTS_MAX, sizeof(AccountC))
+        self.scratch_codes = <uint16_t*>calloc(LIMIT_BATCH_EVENTS_MAX, sizeof(uint16_t))
+        self.scratch_linked = <uint8_t*>calloc(LIMIT_BATCH_EVENTS_MAX, sizeof(uint8_t))
+        self.scratch_results = <uint16_t*>calloc(LIMIT_BATCH_EVENTS_MAX, sizeof(uint16_t))
+        if (self.scratch_results == NULL or self.scratch_transfers == NULL or self.scratch_accounts == NULL or self.scratch_codes == NULL
+                or self.scratch_linked == NULL):
+            raise MemoryError("ledger: out of memory")
+        self.reset()
+
+    def __dealloc__(self):
+        self._free_state()
+        free(self.scratch_transfers)
+        free(self.scratch_accounts)
+        free(self.scratch_codes)
+        free(self.scratch_linked)
+        free(self.scratch_results)
+
+    cdef void _free_state(self) noexcept:
+        free(self.accounts)
+        free(self.account_slots)
+        free(self.transfers)
+        free(self.transfer_slots)
+        free(self.history)
+        free(self.undo)
+        free(self.expiry_heap)
+        free(self.journal)
+        self.accounts = NULL
+        self.account_slots = NULL
+        self.transfers = NULL
+        self.transfer_slots = NULL
+        self.history = NULL
+        self.undo = NULL
+        self.expiry_heap = NULL
+        self.journal = NULL
+
+    def reset(self):
+        """Forget everything (storage calls this before replaying the journal)."""
+        self._free_state()
+        self.account_rows = self.account_capacity = 0
+        self.transfer_rows = self.transfer_capacity = self.failed_count = 0
+        self.history_rows = self.history_capacity = 0
+        self.undo_count = self.undo_capacity = 0
+        self.expiry_count = self.expiry_capacity = 0
+        self.journal_size = self.journal_capacity = 0
+        self.timestamp_last = 0
+        self.account_mask = self.transfer_mask = 0
+        self._reserve(0, 0)
+
+    # ---- indexes -------------------------------------------------------------
+
+    cdef int _reserve(self, Py_ssize_t accounts_more, Py_ssize_t transfers_more) except -1:
+        """Room for this many more rows, so nothing moves or rehashes inside a batch."""
+        _grow(<void**>&self.accounts, &self.account_capacity, self.account_rows + accounts_more, sizeof(AccountC))
+        _grow(<void**>&self.transfers, &self.transfer_capacity, self.transfer_rows + transfers_more,
+              sizeof(TransferC))
+        cdef uint64_t slots = 1024
+        while slots < <uint64_t>(2 * (self.account_rows + accounts_more)):
+            slots *= 2
+        if self.account_slots == NULL or slots > self.account_mask + 1:
+            self._rehash_accounts(slots)
+        slots = 1024
+        while slots < <uint64_t>(2 * (self.transfer_rows + transfers_more)):
+            slots *= 2
+        if self.transfer_slots == NULL or slots > self.transfer_mask + 1:
+            self._rehash_transfers(slots)
+        return 0
+
+    cdef int _rehash_accounts(self, uint64_t slot_count) except -1:
+        cdef int64_t* slots = <int64_t*>calloc(slot_count, sizeof(int64_t))
+        if slots == NULL:
+            raise MemoryError("ledger: out of memory")
+        cdef uint64_t mask = slot_count - 1, position
+        cdef Py_ssize_t row
+        for row in range(self.account_rows):
+            position = _mix(self.accounts[row].id) & mask
+            while slots[position]:
+                position = (position + 1) & mask
+            slots[position] = row + 1
+        free(self.account_slots)
+        self.account_slots = slots
+        self.account_mask = mask
+        return 0
+
+    cdef int _rehash_transfers(self, uint64_t slot_count) except -1:
+        cdef int64_t* slots = <int64_t*>calloc(slot_count, sizeof(int64_t))
+        if slots == NULL:
+            raise MemoryError("ledger: out of memory")
+        cdef uint64_t mask = slot_count - 1, position
+        cdef Py_ssize_t row
+        for row in range(self.transfer_rows):
+            position = _hash128(self.transfers[row].id_lo, self.transfers[row].id_hi) & mask
+            while slots[position]:
+                position = (position + 1) & mask
+            slots[position] = row + 1
+        free(self.transfer_slots)
+        self.transfer_slots = slots
+        self.transfer_mask = mask
+        return 0
+
+    cdef int64_t _find_account(self, uint64_t account_id) noexcept:
+        cdef uint64_t position = _mix(account_id) & self.account_mask
+        cdef int64_t slot
+        while True:
+            slot = self.account_slots[position]
+            if slot == 0:
+                return -1
+            if self.accounts[slot - 1].id == account_id:
+                return slot - 1
+            position = (position + 1) & self.account_mask
+
+    cdef int64_t _find_transfer(self, uint64_t id_lo, uint64_t id_hi) noexcept:
+        cdef uint64_t position = _hash128(id_lo, id_hi) & self.transfer_mask
+        cdef int64_t slot
+        while True:
+            slot = self.transfer_slots[position]
+            if slot == 0:
+                return -1
+            if self.transfers[slot - 1].id_lo == id_lo and self.transfers[slot - 1].id_hi == id_hi:
+                return slot - 1
+            position = (position + 1) & self.transfer_mask
+
+    cdef int _insert_account(self, AccountC* a, bint undoable) except -1:
+        cdef uint64_t position = _mix(a.id) & self.account_mask
+        while self.account_slots[position]:
+            position = (position + 1) & self.account_mask
+        cdef int64_t row = self.account_rows
+        self.accounts[row] = a[0]
+        self.accounts[row].history_last = -1
+        self.account_slots[position] = row + 1
+        self.account_rows += 1
+        if undoable:
+            self._push_undo(UNDO_ACCOUNT_INSERT, row, <int64_t>position)
+        return 0
+
+    cdef int _insert_transfer(self, TransferC* t, uint8_t status, bint undoable) except -1:
+        cdef uint64_t position = _hash128(t.id_lo, t.id_hi) & self.transfer_mask
+        while self.transfer_slots[position]:
+            position = (position + 1) & self.transfer_mask
+        cdef int64_t row = self.transfer_rows
+        self.transfers[row] = t[0]
+        self.transfers[row].status = status
+        self.transfer_slots[position] = row + 1
+        self.transfer_rows += 1
+        if undoable:
+            self._push_undo(UNDO_TRANSFER_INSERT, row, <int64_t>position)
+        return 0
+
+    # ---- undo ----------------------------------------------------------------
+
+    cdef int _push_undo(self, uint8_t kind, int64_t row, int64_t slot) except -1:
+        _grow(<void**>&self.undo, &self.undo_capacity, self.undo_count + 1, sizeof(UndoC))
+        cdef UndoC* u = &self.undo[self.undo_count]
+        u.kind = kind
+        u.row = row
+        u.slot = slot
+        if kind == UNDO_BALANCES:
+            u.balances[0] = self.accounts[row].debits_pending
+            u.balances[1] = self.accounts[row].debits_posted
+            u.balances[2] = self.accounts[row].credits_pending
+            u.balances[3] = self.accounts[row].credits_posted
+            u.history_last = self.accounts[row].history_last
+        elif kind == UNDO_STATUS:
+            u.status = self.transfers[row].status
+        self.undo_count += 1
+        return 0
+
+    cdef void _rollback(self, Py_ssize_t undo_mark) noexcept:
+        """Undo entries back to undo_mark, newest first (rows are truncated by the caller)."""
+        cdef UndoC* u
+        cdef AccountC* a
+        while self.undo_count > undo_mark:
+            self.undo_count -= 1
+            u = &self.undo[self.undo_count]
+            if u.kind == UNDO_BALANCES:
+                a = &self.accounts[u.row]
+                a.debits_pending = u.balances[0]
+                a.debits_posted = u.balances[1]
+                a.credits_pending = u.balances[2]
+                a.credits_posted = u.balances[3]
+                a.history_last = u.history_last
+            elif u.kind == UNDO_STATUS:
+                self.transfers[u.row].status = u.status
+            elif u.kind == UNDO_ACCOUNT_INSERT:
+                self.account_slots[u.slot] = 0
+            elif u.kind == UNDO_TRANSFER_INSERT:
+                self.transfer_slots[u.slot] = 0
+
+    # ---- batches and chains ---------------------------------------------------
+
+    cdef int _run_batch(self, bint is_transfer, void* events, uint16_t* precodes, uint8_t* linked,
+                        Py_ssize_t count, uint16_t* results, uint64_t now_ns) except -1:
+        """Apply events in order, linked chains all or none; one code per event."""
+        cdef Py_ssize_t index, earlier, chain_start = 0
+        cdef bint chain_failed = False
+        cdef int code
+        # Where the open chain began, to truncate back to on failure.
+        cdef Py_ssize_t undo_mark = 0, account_mark = self.account_rows, transfer_mark = self.transfer_rows
+        cdef Py_ssize_t history_mark = self.history_rows, journal_mark = self.journal_size
+        cdef uint64_t timestamp_mark = self.timestamp_last
+        if is_transfer:
+            self._reserve(0, count)
+        else:
+            self._reserve(count, 0)
+        self.undo_count = 0
+        for index in range(count):
+            if chain_failed:
+                results[index] = CODE_LINKED_EVENT_FAILED
+            else:
+                if linked[index] and index == count - 1:
+                    code = CODE_LINKED_EVENT_CHAIN_OPEN
+                elif precodes[index]:
+                    code = precodes[index]
+                elif is_transfer:
+                    code = self._create_transfer(&(<TransferC*>events)[index], now_ns)
+                else:
+                    code = self._create_account(&(<AccountC*>events)[index], now_ns)
+                results[index] = code
+                if code:
+                    self._rollback(undo_mark)
+                    self.account_rows = account_mark
+                    self.transfer_rows = transfer_mark
+                    self.history_rows = history_mark
+                    self.journal_size = journal_mark
+                    self.timestamp_last = timestamp_mark
+                    for earlier in range(chain_start, index):
+                        results[earlier] = CODE_LINKED_EVENT_FAILED
+                    chain_failed = True
+                    if is_transfer and _is_failure_forever(code):
+                        self._remember_failed(&(<TransferC*>events)[index])
+            if not linked[index]:
+                self.undo_count = 0
+                chain_start = index + 1
+                chain_failed = False
+                account_mark = self.account_rows
+                transfer_mark = self.transfer_rows
+                history_mark = self.history_rows
+                journal_mark = self.journal_size
+                timestamp_mark = self.timestamp_last
+        return 0
+
+    cdef int create_transfers_c(self, TransferC* events, uint16_t* results, Py_ssize_t count,
+                                uint64_t now_ns) except -1:
+        if count > <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX or now_ns > LEDGER_CLOCK_NS_MAX:
+            raise ValueError("create_transfers_c: count past batch_events_max or now_ns past the clock")
+        cdef Py_ssize_t index
+        for index in range(count):
+            self.scratch_codes[index] = 0
+            self.scratch_linked[index] = events[index].flags & TRANSFER_LINKED
+        return self._run_batch(True, events, self.scratch_codes, self.scratch_linked, count, results, now_ns)
+
+    cdef int create_accounts_c(self, AccountC* events, uint16_t* results, Py_ssize_t count,
+                               uint64_t now_ns) except -1:
+        if count > <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX or now_ns > LEDGER_CLOCK_NS_MAX:
+            raise ValueError("create_accounts_c: count past batch_events_max or now_ns past the clock")
+        cdef Py_ssize_t index
+        for index in range(count):
+            self.scratch_codes[index] = 0
+            self.scratch_linked[index] = events[index].flags & ACCOUNT_LINKED
+        return self._run_batch(False, events, self.scratch_codes, self.scratch_linked, count, results, now_ns)
+
+    def create_accounts(self, accounts, now_ns):
+        """One code per account (0 = created).  More than BATCH_EVENTS_MAX: every one BATCH_TOO_LARGE."""
+        cdef Py_ssize_t index, count = len(accounts)
+        if count > <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX:
+            return [CODE_BATCH_TOO_LARGE] * count
+        _check_now(now_ns)
+        cdef uint16_t* results = self.scratch_results
+        for index in range(count):
+            account = accounts[index]
+            self.scratch_linked[index] = _is_linked(account.flags)
+            self.scratch_codes[index] = _account_from_python(account, &self.scratch_accounts[index])
+        self._run_batch(False, self.scratch_accounts, self.scratch_codes, self.scratch_linked, count, results,
+                        now_ns)
+        return [results[index] for index in range(count)]
+
+    def create_transfers(self, transfers, now_ns):
+        """One code per transfer (0 = applied).  More than BATCH_EVENTS_MAX: every one BATCH_TOO_LARGE."""
+        cdef Py_ssize_t index, count = len(transfers)
+        if count > <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX:
+            return [CODE_BATCH_TOO_LARGE] * count
+        _check_now(now_ns)
+        cdef uint16_t* results = self.scratch_results
+        for index in range(count):
+            transfer = transfers[index]
+            self.scratch_linked[index] = _is_linked(transfer.flags)
+            self.scratch_codes[index] = _transfer_from_python(transfer, &self.scratch_transfers[index])
+        self._run_batch(True, self.scratch_transfers, self.scratch_codes, self.scratch_linked, count, results,
+                        now_ns)
+        return [results[index] for index in range(count)]
+
+    # ---- accounts -------------------------------------------------------------
+
+    cdef int _create_account(self, AccountC* a, uint64_t now_ns) except -1:
+        if a.id == 0:
+            return CODE_ID_MUST_NOT_BE_ZERO
+        if a.id == LEDGER_U64_MAX:
+            return CODE_ID_MUST_NOT_BE_INT_MAX
+        if a.flags & ~ACCOUNT_FLAGS_KNOWN:
+            return CODE_RESERVED_FLAG
+        if (a.flags & ACCOUNT_DEBITS_MUST_NOT_EXCEED_CREDITS) and (a.flags & ACCOUNT_CREDITS_MUST_NOT_EXCEED_DEBITS):
+            return CODE_FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        if a.debits_pending or a.debits_posted or a.credits_pending or a.credits_posted:
+            return CODE_BALANCES_MUST_BE_ZERO
+        if a.ledger == 0:
+            return CODE_LEDGER_MUST_NOT_BE_ZERO
+        if a.code == 0:
+            return CODE_CODE_MUST_NOT_BE_ZERO
+        cdef int64_t row = self._find_account(a.id)
+        if row >= 0:
+            return _account_exists_code(&self.accounts[row], a)
+        if self.account_rows >= self.accounts_max:
+            return CODE_ACCOUNTS_LIMIT_REACHED
+        a.timestamp = _next_timestamp(self.timestamp_last, now_ns)
+        self.timestamp_last = a.timestamp
+        self._insert_account(a, True)
+        cdef AccountRecordC record
+        _account_record(a, &record)
+        self._journal_write(JOURNAL_ACCOUNT, &record, sizeof(record))
+        return 0
+
+    # ---- transfers ------------------------------------------------------------
+
+    cdef int _create_transfer(self, TransferC* t, uint64_t now_ns) except -1:
+        if t.id_lo == 0 and t.id_hi == 0:
+            return CODE_ID_MUST_NOT_BE_ZERO
+        if t.id_lo == LEDGER_U64_MAX and t.id_hi == LEDGER_U64_MAX:
+            return CODE_ID_MUST_NOT_BE_INT_MAX
+        if t.flags & ~TRANSFER_FLAGS_KNOWN:
+            return CODE_RESERVED_FLAG
+        cdef uint16_t phase = t.flags & (TRANSFER_PENDING | TRANSFER_POST_PENDING | TRANSFER_VOID_PENDING)
+        if phase & (phase - 1):
+            return CODE_FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        cdef bint resolves = (t.flags & (TRANSFER_POST_PENDING | TRANSFER_VOID_PENDING)) != 0
+        if resolves and t.flags & (TRANSFER_BALANCING_DEBIT | TRANSFER_BALANCING_CREDIT):
+            return CODE_FLAGS_ARE_MUTUALLY_EXCLUSIVE
+        if resolves:
+            return self._resolve_pending(t, now_ns)
+        return self._create_single(t, now_ns)
+
+    cdef int _existing_code(self, TransferC* t) noexcept:
+        cdef int64_t row = self._find_transfer(t.id_lo, t.id_hi)
+        if row < 0:
+            return 0
+        if self.transfers[row].status == STATUS_FAILED:
+            return CODE_ID_ALREADY_FAILED
+        return _transfer_exists_code(&self.transfers[row], t)
+
+    cdef int _create_single(self, TransferC* t, uint64_t now_ns) except -1:
+        if t.debit_account_id == 0:
+            return CODE_DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+        if t.credit_account_id == 0:
+            return CODE_CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+        if t.debit_account_id == t.credit_account_id:
+            return CODE_ACCOUNTS_MUST_BE_DIFFERENT
+        if t.pending_id_lo or t.pending_id_hi:
+            return CODE_PENDING_ID_MUST_BE_ZERO
+        cdef bint pending = (t.flags & TRANSFER_PENDING) != 0
+        if not pending and t.timeout:
+            return CODE_TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+        if t.amount == 0:
+            return CODE_AMOUNT_MUST_NOT_BE_ZERO
+        if t.ledger == 0:
+            return CODE_LEDGER_MUST_NOT_BE_ZERO
+        if t.code == 0:
+            return CODE_CODE_MUST_NOT_BE_ZERO
+        cdef int code = self._existing_code(t)
+        if code:
+            return code
+        cdef int64_t debit_row = self._find_account(t.debit_account_id)
+        if debit_row < 0:
+            return CODE_DEBIT_ACCOUNT_NOT_FOUND
+        cdef int64_t credit_row = self._find_account(t.credit_account_id)
+        if credit_row < 0:
+            return CODE_CREDIT_ACCOUNT_NOT_FOUND
+        cdef AccountC* dr = &self.accounts[debit_row]
+        cdef AccountC* cr = &self.accounts[credit_row]
+        if dr.ledger != cr.ledger:
+            return CODE_ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
+        if t.ledger != dr.ledger:
+            return CODE_TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
+        cdef uint64_t timestamp = _next_timestamp(self.timestamp_last, now_ns)
+        if pending and <uint64_t>t.timeout * NS_PER_SECOND > LEDGER_CLOCK_NS_MAX - timestamp:
+            return CODE_OVERFLOWS_TIMEOUT
+        cdef uint64_t amount = _balanced_amount(t, dr, cr)
+        if amount == 0:
+            return CODE_EXCEEDS_CREDITS if t.flags & TRANSFER_BALANCING_DEBIT else CODE_EXCEEDS_DEBITS
+        code = _balance_code(dr, cr, amount, pending)
+        if code:
+            return code
+        t.amount = amount
+        t.timestamp = timestamp
+        t.expires_at_ns = timestamp + <uint64_t>t.timeout * NS_PER_SECOND if pending and t.timeout else 0
+        self.timestamp_last = timestamp
+        self._insert_transfer(t, STATUS_PENDING if pending else STATUS_POSTED, True)
+        if pending:
+            self._move(debit_row, credit_row, 1, amount, 0, timestamp, True)
+            if t.timeout:
+                self._push_expiry(self.transfer_rows - 1)
+        else:
+            self._move(debit_row, credit_row, 0, 0, amount, timestamp, True)
+        cdef TransferRecordC record
+        _transfer_record(t, &record)
+        self._journal_write(JOURNAL_TRANSFER, &record, sizeof(record))
+        return 0
+
+    cdef int _resolve_pending(self, TransferC* t, uint64_t now_ns) except -1:
+        """A post_pending_transfer or void_pending_transfer."""
+        if t.pending_id_lo == 0 and t.pending_id_hi == 0:
+            return CODE_PENDING_ID_MUST_NOT_BE_ZERO
+        if t.pending_id_lo == t.id_lo and t.pending_id_hi == t.id_hi:
+            return CODE_PENDING_ID_MUST_BE_DIFFERENT
+        if t.timeout:
+            return CODE_TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+        cdef int code = self._existing_code(t)
+        if code:
+            return code
+        cdef int64_t pending_row = self._find_transfer(t.pending_id_lo, t.pending_id_hi)
+        if pending_row < 0 or self.transfers[pending_row].status == STATUS_FAILED:
+            return CODE_PENDING_TRANSFER_NOT_FOUND
+        cdef TransferC* p = &self.transfers[pending_row]
+        if not p.flags & TRANSFER_PENDING:
+            return CODE_PENDING_TRANSFER_NOT_PENDING
+        code = _pending_mismatch_code(p, t)
+        if code:
+            return code
+        if p.status == STATUS_PENDING_POSTED:
+            return CODE_PENDING_TRANSFER_ALREADY_POSTED
+        if p.status == STATUS_PENDING_VOIDED:
+            return CODE_PENDING_TRANSFER_ALREADY_VOIDED
+        if p.status == STATUS_PENDING_EXPIRED:
+            return CODE_PENDING_TRANSFER_EXPIRED
+        cdef uint64_t timestamp = _next_timestamp(self.timestamp_last, now_ns)
+        if p.expires_at_ns and p.expires_at_ns <= timestamp:
+            return CODE_PENDING_TRANSFER_EXPIRED
+        cdef bint posting = (t.flags & TRANSFER_POST_PENDING) != 0
+        if not posting or t.amount == 0:
+            t.amount = p.amount
+        t.debit_account_id = p.debit_account_id
+        t.credit_account_id = p.credit_account_id
+        t.ledger = p.ledger
+        t.code = p.code
+        t.timestamp = timestamp
+        t.expires_at_ns = 0
+        self.timestamp_last = timestamp
+        self._insert_transfer(t, STATUS_POSTED, True)
+        self._apply_resolution(pending_row, t, posting, True)
+        cdef TransferRecordC record
+        _transfer_record(t, &record)
+        self._journal_write(JOURNAL_TRANSFER, &record, sizeof(record))
+        return 0
+
+    cdef int _apply_resolution(self, int64_t pending_row, TransferC* stored, bint posting, bint undoable) except -1:
+        """Release the pending amount; a post moves `stored.amount` of it to posted."""
+        if undoable:
+            self._push_undo(UNDO_STATUS, pending_row, 0)
+        cdef TransferC* p = &self.transfers[pending_row]
+        p.status = STATUS_PENDING_POSTED if posting else STATUS_PENDING_VOIDED
+        cdef int64_t debit_row = self._find_account(p.debit_account_id)
+        cdef int64_t credit_row = self._find_account(p.credit_account_id)
+        return self._move(debit_row, credit_row, -1, p.amount, stored.amount if posting else 0,
+                          stored.timestamp, undoable)
+
+    cdef int _move(self, int64_t debit_row, int64_t credit_row, int64_t pending_delta, uint64_t pending_amount,
+                   uint64_t posted_amount, uint64_t timestamp, bint undoable) except -1:
+        """Change both accounts' balances (pending_delta: +1 reserve, -1 release, 0 none) and history."""
+        if undoable:
+            self._push_undo(UNDO_BALANCES, debit_row, 0)
+            self._push_undo(UNDO_BALANCES, credit_row, 0)
+        cdef AccountC* dr = &self.accounts[debit_row]
+        cdef AccountC* cr = &self.accounts[credit_row]
+        if pending_delta > 0:
+            dr.debits_pending += pending_amount
+            cr.credits_pending += pending_amount
+        elif pending_delta < 0:
+            dr.debits_pending -= pending_amount
+            cr.credits_pending -= pending_amount
+        dr.debits_posted += posted_amount
+        cr.credits_posted += posted_amount
+        if dr.flags & ACCOUNT_HISTORY:
+            self._history_append(debit_row, timestamp)
+        if cr.flags & ACCOUNT_HISTORY:
+            self._history_append(credit_row, timestamp)
+        return 0
+
+    cdef int _history_append(self, int64_t row, uint64_t timestamp) except -1:
+        _grow(<void**>&self.history, &self.history_capacity, self.history_rows + 1, sizeof(HistoryC))
+        cdef AccountC* a = &self.accounts[row]
+        cdef HistoryC* h = &self.history[self.history_rows]
+        h.timestamp = timestamp
+        h.debits_pending = a.debits_pending
+        h.debits_posted = a.debits_posted
+        h.credits_pending = a.credits_pending
+        h.credits_posted = a.credits_posted
+        h.previous = a.history_last
+        a.history_last = self.history_rows
+        self.history_rows += 1
+        return 0
+
+    cdef int _remember_failed(self, TransferC* t) except -1:
+        """Keep the id of a transfer that failed a balance check, so it can never succeed."""
+        cdef TransferC failed
+        memset(&failed, 0, sizeof(failed))
+        failed.id_lo = t.id_lo
+        failed.id_hi = t.id_hi
+        self._insert_transfer(&failed, STATUS_FAILED, False)
+        self.failed_count += 1
+        cdef uint64_t record[2]
+        record[0] = t.id_lo
+        record[1] = t.id_hi
+        return self._journal_write(JOURNAL_FAILED, record, sizeof(record))
+
+    cdef int _journal_write(self, uint8_t kind, const void* record, Py_ssize_t size) except -1:
+        _grow(<void**>&self.journal, &self.journal_capacity, self.journal_size + 1 + size, 1)
+        self.journal[self.journal_size] = kind
+        memcpy(&self.journal[self.journal_size + 1], record, size)
+        self.journal_size += 1 + size
+        return 0
+
+    # ---- expiry ---------------------------------------------------------------
+
+    cdef int _push_expiry(self, int64_t row) except -1:
+        _grow(<void**>&self.expiry_heap, &self.expiry_capacity, self.expiry_count + 1, sizeof(ExpiryC))
+        cdef Py_ssize_t child = self.expiry_count, parent
+        cdef ExpiryC entry
+        entry.expires_at_ns = self.transfers[row].expires_at_ns
+        entry.timestamp = self.transfers[row].timestamp
+        entry.row = row
+        self.expiry_count += 1
+        while child > 0:
+            parent = (child - 1) // 2
+            if not _expiry_before(&entry, &self.expiry_heap[parent]):
+                break
+            self.expiry_heap[child] = self.expiry_heap[parent]
+            child = parent
+        self.expiry_heap[child] = entry
+        return 0
+
+    cdef ExpiryC _pop_expiry(self) noexcept:
+        cdef ExpiryC top = self.expiry_heap[0]
+        self.expiry_count -= 1
+        cdef ExpiryC last = self.expiry_heap[self.expiry_count]
+        cdef Py_ssize_t parent = 0, child
+        while True:
+            child = 2 * parent + 1
+            if child >= self.expiry_count:
+                break
+            if child + 1 < self.expiry_count and _expiry_before(&self.expiry_heap[child + 1], &self.expiry_heap[child]):
+                child += 1
+            if not _expiry_before(&self.expiry_heap[child], &last):
+                break
+            self.expiry_heap[parent] = self.expiry_heap[child]
+            parent = child
+        if self.expiry_count:
+            self.expiry_heap[parent] = last
+        return top
+
+    def expire_pending(self, now_ns):
+        """Release every pending transfer whose timeout passed by now_ns; the count released."""
+        _check_now(now_ns)
+        cdef uint64_t now = now_ns, timestamp
+        cdef ExpiryC entry
+        cdef TransferC* p
+        cdef uint64_t record[3]
+        cdef Py_ssize_t released = 0
+        while self.expiry_count and self.expiry_heap[0].expires_at_ns <= now:
+            entry = self._pop_expiry()
+            # A chain that was rolled back leaves its entry behind: skip what no longer matches.
+            if entry.row >= self.transfer_rows:
+                continue
+            p = &self.transfers[entry.row]
+            if (p.status != STATUS_PENDING or p.timestamp != entry.timestamp
+                    or p.expires_at_ns != entry.expires_at_ns):
+                continue
+            timestamp = _next_timestamp(self.timestamp_last, now)
+            self._expire_one(entry.row, timestamp)
+            record[0] = p.id_lo
+            record[1] = p.id_hi
+            record[2] = timestamp
+            self._journal_write(JOURNAL_EXPIRED, record, sizeof(record))
+            released += 1
+        return released
+
+    cdef int _expire_one(self, int64_t row, uint64_t timestamp) except -1:
+        cdef TransferC* p = &self.transfers[row]
+        p.status = STATUS_PENDING_EXPIRED
+        if timestamp > self.timestamp_last:
+            self.timestamp_last = timestamp
+        return self._move(self._find_account(p.debit_account_id), self._find_account(p.credit_account_id),
+                          -1, p.amount, 0, timestamp, False)
+
+    # ---- lookups --------------------------------------------------------------
+
+    cdef const AccountC* lookup_account_c(self, uint64_t account_id) noexcept:
+        cdef int64_t row = self._find_account(account_id)
+        return NULL if row < 0 else &self.accounts[row]
+
+    cdef const TransferC* lookup_transfer_c(self, uint64_t id_lo, uint64_t id_hi) noexcept:
+        cdef int64_t row = self._find_transfer(id_lo, id_hi)
+        if row < 0 or self.transfers[row].status == STATUS_FAILED:
+            return NULL
+        return &self.transfers[row]
+
+    @property
+    def account_count(self):
+        return self.account_rows
+
+    @property
+    def transfer_count(self):
+        return self.transfer_rows - self.failed_count
+
+    def lookup_accounts(self, ids):
+        cdef uint64_t account_id
+        cdef const AccountC* a
+        found = []
+        for value in ids:
+            a = self.lookup_account_c(account_id) if _u64(value, &account_id) else NULL
+            found.append(None if a == NULL else _account_to_python(a))
+        return found
+
+    def lookup_transfers(self, ids):
+        cdef uint64_t lo, hi
+        cdef const TransferC* t
+        found = []
+        for value in ids:
+            t = self.lookup_transfer_c(lo, hi) if _u128(value, &lo, &hi) else NULL
+            found.append(None if t == NULL else _transfer_to_python(t))
+        return found
+
+    def account_history(self, account_id, limit):
+        """The most recent `limit` balance rows of a `history` account, oldest first:
+        (timestamp, debits_pending, debits_posted, credits_pending, credits_posted)."""
+        cdef uint64_t rows_max, account
+        if not _uint_at_most(limit, LIMIT_ACCOUNT_HISTORY_ROWS_MAX, &rows_max):
+            raise ValueError(f"limit must be 0..{LIMIT_ACCOUNT_HISTORY_ROWS_MAX}, not {limit!r}")
+        cdef const AccountC* a = self.lookup_account_c(account) if _u64(account_id, &account) else NULL
+        rows = []
+        cdef int64_t row = a.history_last if a != NULL else -1
+        cdef HistoryC* h
+        while row >= 0 and <uint64_t>len(rows) < rows_max:
+            h = &self.history[row]
+            rows.append((h.timestamp, h.debits_pending, h.debits_posted, h.credits_pending, h.credits_posted))
+            row = h.previous
+        rows.reverse()
+        return rows
+
+    # ---- journaled component ----------------------------------------------------
+
+    def take_journal(self):
+        """The effects applied since the last call, or None when nothing changed."""
+        if self.journal_size == 0:
+            return None
+        blob = PyBytes_FromStringAndSize(<char*>self.journal, self.journal_size)
+        self.journal_size = 0
+        return blob
+
+    def apply_journal(self, const unsigned char[:] blob):
+        """Re-apply effects recorded by take_journal (recovery); never re-decides anything."""
+        cdef Py_ssize_t offset = 0, size = blob.shape[0]
+        cdef uint8_t kind
+        while offset < size:
+            kind = blob[offset]
+            offset += 1
+            if kind == JOURNAL_ACCOUNT and offset + <Py_ssize_t>sizeof(AccountRecordC) <= size:
+                self._replay_account(<const AccountRecordC*>&blob[offset])
+                offset += sizeof(AccountRecordC)
+            elif kind == JOURNAL_TRANSFER and offset + <Py_ssize_t>sizeof(TransferRecordC) <= size:
+                self._replay_transfer(<const TransferRecordC*>&blob[offset])
+                offset += sizeof(TransferRecordC)
+            elif kind == JOURNAL_FAILED and offset + 16 <= size:
+                self._replay_failed(<const uint64_t*>&blob[offset])
+                offset += 16
+            elif kind == JOURNAL_EXPIRED and offset + 24 <= size:
+                self._replay_expiry(<const uint64_t*>&blob[offset])
+                offset += 24
+            else:
+                raise ValueError(f"ledger journal: bad record kind {kind} or truncated at byte {offset - 1}")
+        self.undo_count = 0
+
+    cdef int _replay_account(self, const AccountRecordC* r) except -1:
+        cdef AccountC a
+        memset(&a, 0, sizeof(a))
+        a.id = r.id
+        a.user_data_128_lo = r.user_data_128_lo
+        a.user_data_128_hi = r.user_data_128_hi
+        a.user_data_64 = r.user_data_64
+        a.timestamp = r.timestamp
+        a.ledger = r.ledger
+        a.user_data_32 = r.user_data_32
+        a.code = r.code
+        a.flags = r.flags
+        self._reserve(1, 0)
+        if self._find_account(a.id) >= 0:
+            raise ValueError(f"ledger journal: account {a.id} created twice")
+        self._insert_account(&a, False)
+        if a.timestamp > self.timestamp_last:
+            self.timestamp_last = a.timestamp
+        return 0
+
+    cdef int _replay_transfer(self, const TransferRecordC* r) except -1:
+        cdef TransferC t
+        _transfer_from_record(r, &t)
+        self._reserve(0, 1)
+        if self._find_transfer(t.id_lo, t.id_hi) >= 0:
+            raise ValueError(f"ledger journal: transfer {_u128_int(t.id_lo, t.id_hi)} applied twice")
+        cdef int64_t debit_row = self._find_account(t.debit_account_id)
+        cdef int64_t credit_row = self._find_account(t.credit_account_id)
+        if debit_row < 0 or credit_row < 0:
+            raise ValueError("ledger journal: a transfer names an account that was never created")
+        if t.timestamp > self.timestamp_last:
+            self.timestamp_last = t.timestamp
+        cdef int64_t pending_row
+        if t.flags & (TRANSFER_POST_PENDING | TRANSFER_VOID_PENDING):
+            pending_row = self._find_transfer(t.pending_id_lo, t.pending_id_hi)
+            if pending_row < 0 or self.transfers[pending_row].status != STATUS_PENDING:
+                raise ValueError("ledger journal: a post/void names no open pending transfer")
+            self._insert_transfer(&t, STATUS_POSTED, False)
+            self._apply_resolution(pending_row, &t, (t.flags & TRANSFER_POST_PENDING) != 0, False)
+        elif t.flags & TRANSFER_PENDING:
+            t.expires_at_ns = t.timestamp + <uint64_t>t.timeout * NS_PER_SECOND if t.timeout else 0
+            self._insert_transfer(&t, STATUS_PENDING, False)
+            self._move(debit_row, credit_row, 1, t.amount, 0, t.timestamp, False)
+            if t.timeout:
+                self._push_expiry(self.transfer_rows - 1)
+        else:
+            self._insert_transfer(&t, STATUS_POSTED, False)
+            self._move(debit_row, credit_row, 0, 0, t.amount, t.timestamp, False)
+        return 0
+
+    cdef int _replay_failed(self, const uint64_t* ids) except -1:
+        cdef TransferC failed
+        memset(&failed, 0, sizeof(failed))
+        failed.id_lo = ids[0]
+        failed.id_hi = ids[1]
+        self._reserve(0, 1)
+        if self._find_transfer(failed.id_lo, failed.id_hi) >= 0:
+            raise ValueError("ledger journal: a failed id is already known")
+        self._insert_transfer(&failed, STATUS_FAILED, False)
+        self.failed_count += 1
+        return 0
+
+    cdef int _replay_expiry(self, const uint64_t* fields) except -1:
+        cdef int64_t row = self._find_transfer(fields[0], fields[1])
+        if row < 0 or self.transfers[row].status != STATUS_PENDING:
+            raise ValueError("ledger journal: an expiry names no open pending transfer")
+        return self._expire_one(row, fields[2])
+
+    def state_bytes(self):
+        """Canonical bytes of the whole state (the reference twin yields the same bytes)."""
+        out = bytearray(_HEADER.pack(self.account_rows, self.transfer_rows - self.failed_count,
+                                     self.failed_count, self.timestamp_last))
+        out += self.checkpoint()
+        cdef Py_ssize_t row
+        cdef TransferRecordC record
+        failed_ids = []
+        for row in range(self.transfer_rows):
+            if self.transfers[row].status == STATUS_FAILED:
+                failed_ids.append(_u128_int(self.transfers[row].id_lo, self.transfers[row].id_hi))
+                continue
+            _transfer_record(&self.transfers[row], &record)
+            out += PyBytes_FromStringAndSize(<char*>&record, sizeof(record))
+            out.append(self.transfers[row].status)
+        for failed_id in sorted(failed_ids):
+            out += _FAILED.pack(failed_id & U64_MASK, failed_id >> 64)
+        return bytes(out)
+
+    def state_hash(self):
+        """A digest of the full state, equal for equal states (in both implementations)."""
+        return hashlib.blake2b(self.state_bytes(), digest_size=32).digest()
+
+    def checkpoint(self):
+        """Every account with its balances, for storage's checkpoints and `ledger check`."""
+        out = bytearray()
+        cdef Py_ssize_t row
+        cdef AccountRecordC record
+        cdef AccountC* a
+        for row in range(self.account_rows):
+            a = &self.accounts[row]
+            _account_record(a, &record)
+            out += PyBytes_FromStringAndSize(<char*>&record, sizeof(record))
+            out += _ACCOUNT_STATE_TAIL.pack(a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
+        return bytes(out)
+
+    # ---- invariants -------------------------------------------------------------
+
+    def check_invariants(self):
+        """Money invariants; each broken one is a sentence.  Empty when all hold."""
+        from core_ext.reference.ledger import check_accounts
+        cdef Py_ssize_t row
+        return check_accounts([_account_to_python(&self.accounts[row]) for row in range(self.account_rows)])
