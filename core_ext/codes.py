@@ -223,6 +223,24 @@ _ENTRIES: list[Entry] = [
           "A merchant registration field is missing or out of range (scheme, identifier, name, MCC, country, currency, account)."),
 
     # ---- 450-499: risk and AML decisions --------------------------------------
+    # What a wallet sees; which rule fired stays in the operator's audit log.
+    # AML rules answer the generic RISK_DECLINED so that a payer is not tipped off.
+    Entry(450, "RISK_DECLINED", "risk",
+          "Declined by the switch's risk and anti-money-laundering rules; nothing was posted."),
+    Entry(451, "RISK_REVIEW", "risk",
+          "Held for review: the amount is reserved (pending) until an operator approves or rejects it, or it times out."),
+    Entry(452, "RISK_LIMIT_EXCEEDED", "risk",
+          "A limit of the payer's or payee's wallet would be exceeded (per payment, per hour, per day, new account, balance cap)."),
+    Entry(453, "RISK_CATEGORY_NOT_ALLOWED", "risk",
+          "Payments to this merchant category are not allowed from this switch."),
+    Entry(454, "RISK_QR_REJECTED", "risk",
+          "The QR code cannot be paid: a dynamic code already used, expired or for another amount, or a static code not registered to this merchant."),
+    Entry(455, "RISK_TRAVEL_RULE_DATA_MISSING", "risk",
+          "A cross-border payment at or above the FATF Recommendation 16 threshold lacks the payer's or payee's information."),
+    Entry(456, "RISK_STATE_FULL", "risk",
+          "The risk engine's table of live dynamic QR codes is full, so this use could not be recorded; retry later."),
+    Entry(457, "RISK_CONTEXT_INVALID", "risk",
+          "A payment field given to the risk engine is missing, of the wrong type or out of range; nothing was posted."),
 
     # ---- 500-549: authentication and authorization ----------------------------
     Entry(500, "NOT_AUTHENTICATED", "auth",

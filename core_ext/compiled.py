@@ -1,5 +1,6 @@
 """The compiled core: the same names as core_ext.reference, from the Cython modules."""
 from core_ext._build_info import build_info
 from core_ext._ledger import Ledger
+from core_ext._rules import RuleEngine
 
-__all__ = ["build_info", "Ledger"]
+__all__ = ["RuleEngine", "build_info", "Ledger"]

@@ -62,6 +62,36 @@ RATE_BURST_ITEMS = 400_000
 # Events (ledger transfers) the server gathers into one engine call / commit.
 SERVER_BATCH_EVENTS_MAX = BATCH_EVENTS_MAX
 
+# ---- rules ------------------------------------------------------------------
+# Rules one rule set may hold (each is evaluated on every payment).
+RULES_PER_SET_MAX = 64
+# A rule set's TOML text, and one rule id or reason string.
+RULES_CONFIG_BYTES_MAX = 4 << 20
+RULES_NAME_BYTES_MAX = 64
+# Entries in one blocklist, deny list or per-category cap table.
+RULES_LIST_ENTRIES_MAX = 100_000
+# KYC tiers a wallet may have (0 minimum, 1 full, 2 enhanced).
+RULES_KYC_TIERS = 3
+# Accounts (payers and payees), devices and live dynamic QR codes whose counters
+# the engine holds; past these the least recently used entry is evicted.
+RULES_ACCOUNTS_TRACKED_MAX = 1 << 18
+RULES_DEVICES_TRACKED_MAX = 1 << 16
+RULES_DYNAMIC_QR_TRACKED_MAX = 1 << 18
+# Buckets a sliding window is cut into (a window counts between its length and
+# one bucket more, never less: a limit is never forgotten early).
+RULES_WINDOW_BUCKETS = 8
+# Bits of a distinct-count sketch (linear counting), and the largest distinct
+# count a rule may ask about with it (beyond it collisions blur the count).
+RULES_SKETCH_BITS = 256
+RULES_DISTINCT_MAX = 64
+# Recent payment times kept per payer: the longest burst a rule may ask about.
+RULES_BURST_COUNT_MAX = 8
+# The largest percentage a rule may name (1000x), and the longest duration.
+RULES_PERCENT_MAX = 100_000
+RULES_DURATION_SECONDS_MAX = 3_660 * 86_400
+# One line of a payment log replayed by `switch rules test`.
+RULES_LOG_LINE_BYTES_MAX = 64 << 10
+
 # ---- QR ---------------------------------------------------------------------
 # EMVCo MPM 4.1: a payload is at most 512 characters. Any payload (EMVCo or a
 # UPI link) is refused past 4 bytes per character of that, before decoding.
