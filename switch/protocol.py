@@ -420,3 +420,53 @@ def transfer_to_wire(transfer: Transfer) -> dict:
 
 def response(request_id: int, code: int, result: Any = None) -> list:
     return [request_id, int(code), result]
+
+
+# ---- worked examples for docs/PROTOCOL.md ----------------------------------------
+
+EXAMPLE_SECRET = b"demo-wallet-secret-change-me"
+EXAMPLE_NONCE = bytes(range(NONCE_BYTES))
+EXAMPLE_PAYLOAD = "upi://pay?pa=templefund@okaxis&pn=Shri%20Temple&mc=8661&cu=INR"
+
+
+def hex_dump(data: bytes) -> str:
+    """16 bytes a line: offset, hex, printable ASCII."""
+    lines = []
+    for offset in range(0, len(data), 16):
+        chunk = data[offset:offset + 16]
+        text = "".join(chr(byte) if 32 <= byte < 127 else "." for byte in chunk)
+        lines.append(f"{offset:04x}  {chunk.hex(' '):<47}  {text}")
+    return "\n".join(lines)
+
+
+def example_frames() -> list[tuple[str, str, bytes]]:
+    """(direction, description, frame) for a complete handshake and one `pay` exchange,
+    built by the same functions the server and client use."""
+    return [
+        ("S->C", "challenge: version 1, server name, 32-byte nonce",
+         pack_frame(challenge_message("qr-switch-demo", EXAMPLE_NONCE))),
+        ("C->S", "auth: version 1, participant 1, HMAC-SHA256(secret, nonce)",
+         pack_frame(auth_message(1, EXAMPLE_SECRET, EXAMPLE_NONCE))),
+        ("S->C", "welcome: request id 0, code 0 (OK), participant and role",
+         pack_frame(response(CONNECTION_REQUEST_ID, Code.OK, {"participant_id": 1, "role": "wallet"}))),
+        ("C->S", "pay: request 1, transfer id 1, payer account 1001, UPI link, 15000 paise, device, reference",
+         pack_frame([1, OP_PAY, [id_to_wire(1), 1001, EXAMPLE_PAYLOAD, 15000, "dev-7", "temple-box"]])),
+        ("S->C", "answer: request 1, code 0 (OK), [amount_minor, fee_minor, ledger, merchant name]",
+         pack_frame(response(1, Code.OK, [15000, 0, 356, "Shri Temple"]))),
+    ]
+
+
+def examples_markdown() -> str:
+    parts = []
+    for direction, description, frame in example_frames():
+        parts += [f"{direction} {description} ({len(frame)} bytes):", "", "```", hex_dump(frame), "```", ""]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--examples"]:
+        sys.stdout.write(examples_markdown())
+    else:
+        sys.exit("usage: python -m switch.protocol --examples")

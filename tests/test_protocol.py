@@ -236,3 +236,19 @@ def test_bad_handshakes_are_fatal(obj, code):
 def test_challenge_round_trips():
     nonce = protocol.new_nonce()
     assert protocol.decode_challenge(protocol.challenge_message("sw", nonce)) == (protocol.PROTOCOL_VERSION, "sw", nonce)
+
+
+def test_protocol_doc_examples_are_generated_from_the_code():
+    import pathlib
+
+    doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
+    assert protocol.examples_markdown() in doc, "docs/PROTOCOL.md examples are stale: python -m switch.protocol --examples"
+
+
+def test_protocol_doc_quotes_the_current_limits():
+    import pathlib
+
+    doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
+    for value in (limits.FRAME_BYTES_MAX, limits.STRING_BYTES_MAX, limits.BATCH_FRAME_ITEMS_MAX,
+                  limits.IN_FLIGHT_REQUESTS_MAX, limits.ARRAY_ITEMS_MAX):
+        assert f"{value:,}" in doc, value
