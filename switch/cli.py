@@ -13,6 +13,8 @@ from switch import __version__
 
 # (module under switch.commands, attribute holding the click command or group)
 COMMAND_MODULES = [
+    ("serve", "serve"),
+    ("pay", "pay"),
 ]
 
 

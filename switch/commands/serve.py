@@ -1,0 +1,54 @@
+"""`switch serve`: run the switch for wallets over TCP until SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import logging
+
+import click
+
+
+@click.command("serve")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="TOML file: participants, ledgers, accounts, merchants.")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False), help="LMDB data directory.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=7878, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--durability", default="fsync", show_default=True, type=click.Choice(["fsync", "os"]),
+              help="fsync: an answer means on disk; os: in the OS page cache (survives a process crash only).")
+@click.option("--loop", "loop_kind", default="uvloop", show_default=True, type=click.Choice(["uvloop", "asyncio"]))
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Server certificate (PEM) to enable TLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Server private key (PEM).")
+@click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False),
+              help="CA (PEM) that must sign every client certificate; makes client certificates mandatory.")
+def serve(config_path, data_dir, host, port, durability, loop_kind, tls_cert, tls_key, tls_client_ca) -> None:
+    """Serve wallets on HOST:PORT with the participants and accounts of --config."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(config_path, data_dir, host, port, durability, loop_kind, tls_cert, tls_key, tls_client_ca)
+
+
+def run(config_path: str, data_dir: str, host: str, port: int, durability: str = "fsync",
+        loop_kind: str = "uvloop", tls_cert: str | None = None, tls_key: str | None = None,
+        tls_client_ca: str | None = None, on_ready=None) -> None:
+    """Open the engine, serve until a signal, close the storage. Also used by switch.demo."""
+    from switch import config as config_module
+    from switch.engine import Engine
+    from switch.server import Server, new_event_loop, serve_forever, tls_context
+
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    try:
+        config = config_module.load(config_path)
+    except config_module.ConfigError as error:
+        raise click.ClickException(str(error)) from error
+    ssl_context = tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert else None
+    engine = Engine.open(config, data_dir, durability=durability)
+    loop = new_event_loop(use_uvloop=loop_kind == "uvloop")
+    try:
+        server = Server(engine, config, ssl_context=ssl_context)
+        loop.run_until_complete(serve_forever(server, host, port, on_ready or _announce))
+    finally:
+        loop.close()
+        engine.close()
+
+
+def _announce(address: tuple[str, int]) -> None:
+    click.echo(f"switch listening on {address[0]}:{address[1]} (Ctrl-C to stop)")
