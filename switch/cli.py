@@ -15,6 +15,7 @@ from switch import __version__
 COMMAND_MODULES = [
     ("serve", "serve"),
     ("pay", "pay"),
+    ("ledger", "ledger"),
 ]
 
 

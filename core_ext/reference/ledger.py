@@ -585,6 +585,39 @@ class Ledger:
         return check_accounts(self._accounts.values())
 
 
+def iter_journal_records(blob: bytes):
+    """Decode a ledger journal blob: ("account", Account) | ("transfer", Transfer) |
+    ("failed", id) | ("expired", (pending id, timestamp)), in the order applied."""
+    offset = 0
+    while offset < len(blob):
+        kind = blob[offset]
+        offset += 1
+        if kind == JOURNAL_ACCOUNT:
+            id_, ud_lo, ud_hi, ud64, timestamp, ledger, ud32, code, flags = ACCOUNT_RECORD.unpack_from(blob, offset)
+            yield "account", Account(id_, ledger, code, flags, ud_lo | ud_hi << 64, ud64, ud32, timestamp=timestamp)
+            offset += ACCOUNT_RECORD.size
+        elif kind == JOURNAL_TRANSFER:
+            yield "transfer", _transfer_from_fields(TRANSFER_RECORD.unpack_from(blob, offset))
+            offset += TRANSFER_RECORD.size
+        elif kind == JOURNAL_FAILED:
+            lo, hi = FAILED_RECORD.unpack_from(blob, offset)
+            yield "failed", lo | hi << 64
+            offset += FAILED_RECORD.size
+        elif kind == JOURNAL_EXPIRED:
+            lo, hi, timestamp = EXPIRED_RECORD.unpack_from(blob, offset)
+            yield "expired", (lo | hi << 64, timestamp)
+            offset += EXPIRED_RECORD.size
+        else:
+            raise ValueError(f"ledger journal: unknown record kind {kind} at byte {offset - 1}")
+
+
+def accounts_from_checkpoint(blob: bytes) -> list[Account]:
+    """The accounts of a checkpoint() blob, in creation order."""
+    if len(blob) % ACCOUNT_STATE.size:
+        raise ValueError(f"ledger checkpoint of {len(blob)} bytes is not a whole number of accounts")
+    return [unpack_account_state(blob, offset) for offset in range(0, len(blob), ACCOUNT_STATE.size)]
+
+
 def check_accounts(accounts) -> list[str]:
     """Per ledger debits equal credits (posted and pending); no account breaks its flags."""
     violations = []
