@@ -516,8 +516,8 @@ def state_digest(tables) -> bytes:
 
 def journal_records(blob: bytes):
     """Unpack a journal blob into record tuples; refuse anything malformed."""
-    if not blob or blob[0] != JOURNAL_VERSION:
-        raise ValueError(f"rules journal: unknown version {blob[:1]!r}")
+    if not isinstance(blob, (bytes, bytearray)) or not blob or blob[0] != JOURNAL_VERSION:
+        raise ValueError(f"rules journal: not a version {JOURNAL_VERSION} journal: {bytes(blob or b'')[:1]!r}")
     body = memoryview(blob)[1:]
     if len(body) % JOURNAL_RECORD.size:
         raise ValueError(f"rules journal: {len(body)} bytes is not a whole number of records")
