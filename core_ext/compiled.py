@@ -2,5 +2,6 @@
 from core_ext._build_info import build_info
 from core_ext._ledger import Ledger
 from core_ext._rules import RuleEngine
+from core_ext._qr import parse_qr, validate_qr
 
-__all__ = ["RuleEngine", "build_info", "Ledger"]
+__all__ = ["parse_qr", "validate_qr", "RuleEngine", "build_info", "Ledger"]
