@@ -501,6 +501,12 @@ class Ledger:
 
     def apply_journal(self, blob: bytes) -> None:
         """Re-apply effects recorded by take_journal (recovery); never re-decides anything."""
+        try:
+            self._apply_records(blob)
+        except (struct.error, KeyError) as error:
+            raise ValueError(f"ledger journal: truncated or inconsistent: {error!r}") from error
+
+    def _apply_records(self, blob: bytes) -> None:
         offset = 0
         while offset < len(blob):
             kind = blob[offset]
