@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     ("serve", "serve"),
     ("pay", "pay"),
     ("ledger", "ledger"),
+    ("rules", "rules"),
 ]
 
 

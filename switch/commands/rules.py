@@ -1,0 +1,243 @@
+"""`switch rules`: check a rule set, list the rule kinds, replay a payment log
+through a candidate rule set, and show per-rule statistics.
+
+The payment log (`--log PAYMENTS`) is JSON lines, one payment per line:
+
+    {"payment": {<every PaymentContext field>}, "decided": {"action": "approve", "code": 0}}
+
+`payment` holds the fields of core_ext.rules_types.PaymentContext by name
+(integers, booleans; money in minor units, times in ns since the epoch).
+`decided` is optional: what the switch decided at the time (`action` one of
+approve, review, decline; `code` its result code).  When present, the replay
+applies the payment to the counters as it really happened (approved or held:
+applied; declined: not), so the candidate is judged on the state the switch
+really had; without it, the candidate's own decision is applied.
+Nothing is posted anywhere: the replay runs in memory.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import pathlib
+import sys
+
+import click
+
+from core_ext import limits
+from core_ext.codes import name_of
+from core_ext.rules_types import (
+    KINDS, Action, Decision, PaymentContext, RuleSetError, context_problem, load_ruleset,
+)
+
+ACTION_NAMES = {int(action): action.name.lower() for action in Action}
+ACTIONS_BY_NAME = {name: value for value, name in ACTION_NAMES.items()}
+CONTEXT_FIELDS = {field.name for field in dataclasses.fields(PaymentContext)}
+BAD_LINES_SHOWN_MAX = 10
+
+
+@click.group("rules")
+def rules() -> None:
+    """Risk and AML rules: check, replay and inspect rule sets."""
+
+
+def _load(path: str):
+    try:
+        return load_ruleset(pathlib.Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise click.ClickException(f"{path}: {error}") from None
+    except RuleSetError as error:
+        raise click.ClickException(f"{path}: {error}") from None
+
+
+def _engine(ruleset, implementation: str):
+    import core_ext
+    return core_ext.implementation(implementation).RuleEngine(ruleset)
+
+
+@rules.command("check")
+@click.argument("rules_file", type=click.Path(exists=True, dir_okay=False))
+def check(rules_file: str) -> None:
+    """Validate RULES_FILE and print its hash and rules."""
+    ruleset = _load(rules_file)
+    click.echo(f"rule set {ruleset.name!r}: {len(ruleset.rules)} rules, hash {ruleset.hash}")
+    for rule in ruleset.rules:
+        click.echo(f"  {rule.id:<28} v{rule.version:<3} {_kind_name(rule.kind):<24} "
+                   f"{('off', 'shadow', 'enforce')[rule.mode]:<8} {('flag', 'review', 'decline')[rule.action]:<8} "
+                   f"{rule.reason}")
+
+
+def _kind_name(kind: int) -> str:
+    return next(name for name, (value, _spec) in KINDS.items() if value == kind)
+
+
+@rules.command("kinds")
+def kinds() -> None:
+    """List every rule kind, what it checks and its parameters."""
+    for name, (_kind, spec) in KINDS.items():
+        click.echo(f"{name}: {spec.doc} -> {name_of(spec.code)}")
+        for param_name, param in spec.params.items():
+            click.echo(f"    {param_name} ({param.type}): {param.doc}")
+
+
+class LogError(ValueError):
+    pass
+
+
+def parse_line(line: bytes) -> tuple[PaymentContext, Decision | None]:
+    """One log line -> (payment, recorded decision or None); LogError says what is wrong."""
+    line = line.rstrip(b"\r\n")
+    if len(line) > limits.RULES_LOG_LINE_BYTES_MAX:
+        raise LogError(f"line longer than {limits.RULES_LOG_LINE_BYTES_MAX} bytes")
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise LogError(f"not JSON: {error}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("payment"), dict):
+        raise LogError('expected an object with a "payment" object')
+    fields = record["payment"]
+    unknown = set(fields) - CONTEXT_FIELDS
+    if unknown:
+        raise LogError(f"unknown payment field(s) {sorted(unknown)}")
+    try:
+        context = PaymentContext(**fields)
+    except TypeError as error:
+        raise LogError(f"payment: {error}") from None
+    problem = context_problem(context)
+    if problem is not None:
+        raise LogError(f"payment: {problem}")
+    return context, _recorded(record.get("decided"))
+
+
+def _recorded(decided) -> Decision | None:
+    if decided is None:
+        return None
+    if not isinstance(decided, dict) or decided.get("action") not in ACTIONS_BY_NAME:
+        raise LogError(f'"decided" needs "action" one of {sorted(ACTIONS_BY_NAME)}')
+    code = decided.get("code", 0)
+    if not isinstance(code, int):
+        raise LogError('"decided.code" must be an integer')
+    return Decision(ACTIONS_BY_NAME[decided["action"]], code, (), "")
+
+
+@dataclasses.dataclass
+class Replay:
+    payments: int = 0
+    bad_lines: list = dataclasses.field(default_factory=list)
+    bad_line_count: int = 0
+    # (recorded action name or "unrecorded", candidate action name) -> count
+    outcomes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # rule id -> payments whose decision changed while this rule fired
+    changed_by_rule: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
+def replay(engine, lines) -> Replay:
+    """Run every payment of a log through `engine`, applying what really happened."""
+    result = Replay()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            context, recorded = parse_line(line)
+        except LogError as error:
+            result.bad_line_count += 1
+            if len(result.bad_lines) < BAD_LINES_SHOWN_MAX:
+                result.bad_lines.append((number, str(error)))
+            continue
+        decision = engine.evaluate(context)
+        result.payments += 1
+        recorded_name = ACTION_NAMES[recorded.action] if recorded else "unrecorded"
+        result.outcomes[(recorded_name, ACTION_NAMES[decision.action])] += 1
+        if recorded is not None and recorded.action != decision.action:
+            for rule_id, _reason, _mode in decision.fired:
+                result.changed_by_rule[rule_id] += 1
+        engine.observe(context, recorded if recorded is not None else decision)
+    return result
+
+
+def _open_log(path: str):
+    try:
+        return open(path, "rb")
+    except OSError as error:
+        raise click.ClickException(f"{path}: {error}") from None
+
+
+def _report(ruleset, engine, result: Replay, as_json: bool) -> None:
+    stats = engine.stats()
+    if as_json:
+        click.echo(json.dumps({
+            "ruleset": {"name": ruleset.name, "hash": ruleset.hash},
+            "payments": result.payments, "bad_lines": result.bad_line_count,
+            "outcomes": [{"recorded": recorded, "candidate": candidate, "count": count}
+                         for (recorded, candidate), count in sorted(result.outcomes.items())],
+            "rules": {rule_id: {**counters, "changed": result.changed_by_rule.get(rule_id, 0)}
+                      for rule_id, counters in stats.items()},
+            "tables": engine.tables(),
+        }, indent=2))
+        return
+    click.echo(f"rule set {ruleset.name!r} ({ruleset.hash[:16]}): {result.payments} payments replayed")
+    click.echo("\nrecorded -> candidate")
+    for (recorded, candidate), count in sorted(result.outcomes.items()):
+        marker = "" if recorded in (candidate, "unrecorded") else "   (changed)"
+        click.echo(f"  {recorded:>10} -> {candidate:<8} {count:>10}{marker}")
+    _print_stats(stats, result.changed_by_rule)
+    for number, message in result.bad_lines:
+        click.echo(f"line {number}: {message}", err=True)
+    if result.bad_line_count:
+        click.echo(f"{result.bad_line_count} line(s) skipped", err=True)
+
+
+def _print_stats(stats: dict, changed: collections.Counter) -> None:
+    click.echo(f"\n  {'rule':<28} {'evaluations':>12} {'hits':>10} {'shadow hits':>12} {'changed':>10}")
+    for rule_id, counters in stats.items():
+        click.echo(f"  {rule_id:<28} {counters['evaluations']:>12} {counters['hits']:>10} "
+                   f"{counters['shadow_hits']:>12} {changed.get(rule_id, 0):>10}")
+
+
+_IMPLEMENTATION = click.option("--implementation", type=click.Choice(["compiled", "reference"]),
+                               default="compiled", show_default=True, help="Which core runs the rules.")
+
+
+@rules.command("test")
+@click.option("--rules", "rules_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The candidate rule set (TOML).")
+@click.option("--log", "log_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="PAYMENTS: JSON lines {\"payment\": {...}, \"decided\": {\"action\": ..., \"code\": ...}}.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_IMPLEMENTATION
+def test(rules_file: str, log_file: str, as_json: bool, implementation: str) -> None:
+    """Replay a recorded payment log through a candidate rule set, posting nothing,
+    and report what it would have decided against what was decided, rule by rule.
+
+    PAYMENTS is JSON lines, one payment each: {"payment": {<PaymentContext
+    fields>}, "decided": {"action": "approve|review|decline", "code": N}}.
+    "decided" is optional. Exit status 1 if any line was unreadable."""
+    ruleset = _load(rules_file)
+    engine = _engine(ruleset, implementation)
+    with _open_log(log_file) as lines:
+        result = replay(engine, lines)
+    _report(ruleset, engine, result, as_json)
+    if result.bad_line_count:
+        sys.exit(1)
+
+
+@rules.command("stats")
+@click.option("--rules", "rules_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The rule set (TOML).")
+@click.option("--log", "log_file", type=click.Path(exists=True, dir_okay=False),
+              help="Replay this payment log first (same format as `rules test`).")
+@_IMPLEMENTATION
+def stats(rules_file: str, log_file: str | None, implementation: str) -> None:
+    """Per-rule counters (evaluations, hits, shadow hits) and table use of a rule
+    set, after replaying a payment log. (A running switch's counters: later.)"""
+    ruleset = _load(rules_file)
+    engine = _engine(ruleset, implementation)
+    result = Replay()
+    if log_file:
+        with _open_log(log_file) as lines:
+            result = replay(engine, lines)
+    click.echo(f"rule set {ruleset.name!r} ({ruleset.hash[:16]}), {result.payments} payments")
+    _print_stats(engine.stats(), result.changed_by_rule)
+    for table, counters in engine.tables().items():
+        click.echo(f"  table {table:<12} {counters['size']:>8} / {counters['capacity']:<8} "
+                   f"evictions {counters['evictions']}")
