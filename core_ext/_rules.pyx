@@ -94,6 +94,7 @@ cdef enum:
 assert {kind.name: int(kind) for kind in Kind}["TRAVEL_RULE"] == KIND_TRAVEL_RULE and len(Kind) == 23
 assert int(Mode.SHADOW) == MODE_SHADOW and int(Mode.OFF) == MODE_OFF
 
+_tuple_new = tuple.__new__
 cdef int64_t HOUR_BUCKET_NS = HOUR.bucket_ns
 cdef int64_t DAY_BUCKET_NS = DAY.bucket_ns
 cdef int64_t DAYS_30_BUCKET_NS = DAYS_30.bucket_ns
@@ -739,7 +740,8 @@ cdef class RuleEngine:
             index = __builtin_ctzll(mask)
             fired.append(self._fired_entries[index])
             mask &= mask - 1
-        return Decision(out.action, out.code, tuple(fired), self._hash)
+        # tuple.__new__ straight away: Decision's generated __new__ is a Python function.
+        return _tuple_new(Decision, (out.action, out.code, tuple(fired), self._hash))
 
     def evaluate(self, ctx):
         cdef PaymentCtx c
@@ -754,6 +756,8 @@ cdef class RuleEngine:
         cdef PaymentCtx c
         cdef DecisionOut out
         cdef Py_ssize_t round_index
+        if count < 1:
+            raise ValueError(f"evaluate_repeat: count must be at least 1, not {count}")
         if context_from_object(ctx, &c):
             return Decision(ACTION_DECLINE, CODE_RISK_CONTEXT_INVALID, (), self._hash)
         for round_index in range(count):

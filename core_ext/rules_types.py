@@ -129,8 +129,9 @@ def context_problem(ctx: Any) -> str | None:
     return None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """A rule decision. A named tuple rather than a frozen dataclass: it is built
+    once per payment, and a tuple costs a fifth of the time to build."""
     action: int          # Action
     code: int            # external result code (Code.OK when approved)
     fired: tuple         # ((rule_id, reason, mode_name), ...) every rule that matched, in rule order

@@ -495,3 +495,16 @@ def test_table_capacity_is_bounded_by_its_limit(impl, table, maximum):
         impl.RuleEngine(ruleset, capacity={table: maximum + 1})
     with pytest.raises(ValueError):
         impl.RuleEngine(ruleset, capacity={table: 0})
+
+
+def test_evaluate_changes_no_state_and_repeat_needs_a_positive_count(impl):
+    engine = impl.RuleEngine(load_ruleset(open("switch/demo/rules.toml").read()))
+    posted(engine, *payment_stream())
+    engine.take_journal()
+    before = engine.state_hash()
+    for payment in payment_stream():
+        engine.evaluate(payment)
+    assert engine.evaluate_repeat(ctx(), 3) == engine.evaluate(ctx())
+    assert engine.state_hash() == before and engine.take_journal() is None
+    with pytest.raises(ValueError):
+        engine.evaluate_repeat(ctx(), 0)

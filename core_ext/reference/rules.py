@@ -256,6 +256,8 @@ class RuleEngine:
 
     def evaluate_repeat(self, ctx, count: int) -> Decision:
         """`evaluate` `count` times (benchmarks: per-payment cost without per-call overhead)."""
+        if count < 1:
+            raise ValueError(f"evaluate_repeat: count must be at least 1, not {count}")
         decision = None
         for _ in range(count):
             decision = self.evaluate(ctx)
