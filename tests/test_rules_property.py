@@ -273,3 +273,31 @@ def test_either_journal_restores_the_other_implementations_state(stream):
     if journal is not None:                      # None: every payment was declined, nothing applied
         restored.apply_journal(journal)
     assert restored.state_hash() == compiled.state_hash()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(payments, min_size=2, max_size=30), st.data())
+def test_compiled_and_reference_agree_across_hot_reloads(stream, data):
+    tight = load_ruleset(TIGHT)
+    demo = load_ruleset((ROOT / "switch" / "demo" / "rules.toml").read_text())
+    engines = [core_ext.implementation(name).RuleEngine(tight, capacity=SMALL_TABLES)
+               for name in ("compiled", "reference")]
+    reload_at = data.draw(st.integers(1, len(stream) - 1))
+    now_ns = T0
+    for index, payment in enumerate(stream):
+        if index == reload_at:
+            for engine in engines:
+                engine.reload(demo)
+        if index == reload_at + 3:
+            for engine in engines:
+                engine.reload(tight)
+        now_ns += payment["advance_seconds"] * NS_PER_SECOND
+        context = to_context(now_ns, payment)
+        decisions = [engine.evaluate(context) for engine in engines]
+        assert decisions[0] == decisions[1]
+        expected = demo.hash if reload_at <= index < reload_at + 3 else tight.hash
+        assert decisions[0].ruleset_hash == expected
+        for engine in engines:
+            engine.observe(context, POSTED if payment["post_anyway"] else decisions[0])
+    assert engines[0].stats() == engines[1].stats()
+    assert engines[0].state_hash() == engines[1].state_hash()
