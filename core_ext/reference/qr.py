@@ -126,14 +126,25 @@ def _scan(text: str, start: int, end: int, parent: str, root: bool = False) -> d
     return objects
 
 
-def crc16_ccitt_false(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, xorout 0."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
+def _crc_table() -> list[int]:
+    """CRC-16/CCITT-FALSE of each byte value shifted to the top: poly 0x1021, no reflection."""
+    table = []
+    for byte in range(256):
+        crc = byte << 8
         for _ in range(8):
             crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-            crc &= 0xFFFF
+        table.append(crc & 0xFFFF)
+    return table
+
+
+CRC_TABLE = _crc_table()
+
+
+def crc16_ccitt_false(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE: init 0xFFFF, xorout 0; one table step per byte."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ CRC_TABLE[(crc >> 8) ^ byte]
     return crc
 
 
