@@ -91,6 +91,23 @@ cdef inline uint64_t _hash128(uint64_t lo, uint64_t hi) noexcept nogil:
     return _mix(lo ^ _mix(hi + 0x9e3779b97f4a7c15ULL))
 
 
+# An index slot holds row + 1 in its low 40 bits and 24 bits of the key's hash above
+# them, so a probe rejects most other keys without touching their row (a cache miss).
+cdef enum:
+    SLOT_ROW_BITS = 40
+
+cdef inline int64_t _slot(uint64_t hash_value, int64_t row) noexcept nogil:
+    return <int64_t>(((hash_value >> SLOT_ROW_BITS) << SLOT_ROW_BITS) | <uint64_t>(row + 1))
+
+
+cdef inline bint _slot_may_hold(int64_t slot, uint64_t hash_value) noexcept nogil:
+    return ((<uint64_t>slot ^ hash_value) >> SLOT_ROW_BITS) == 0
+
+
+cdef inline int64_t _slot_row(int64_t slot) noexcept nogil:
+    return <int64_t>((<uint64_t>slot & ((1ULL << SLOT_ROW_BITS) - 1)) - 1)
+
+
 cdef inline bint _is_failure_forever(int code) noexcept nogil:
     return (CODE_OVERFLOWS_DEBITS_PENDING <= code <= CODE_OVERFLOWS_CREDITS
             or code == CODE_EXCEEDS_CREDITS or code == CODE_EXCEEDS_DEBITS)
@@ -504,13 +521,14 @@ cdef class Ledger:
         cdef int64_t* slots = <int64_t*>calloc(slot_count, sizeof(int64_t))
         if slots == NULL:
             raise MemoryError("ledger: out of memory")
-        cdef uint64_t mask = slot_count - 1, position
+        cdef uint64_t mask = slot_count - 1, position, hash_value
         cdef Py_ssize_t row
         for row in range(self.account_rows):
-            position = _mix(self.accounts[row].id) & mask
+            hash_value = _mix(self.accounts[row].id)
+            position = hash_value & mask
             while slots[position]:
                 position = (position + 1) & mask
-            slots[position] = row + 1
+            slots[position] = _slot(hash_value, row)
         free(self.account_slots)
         self.account_slots = slots
         self.account_mask = mask
@@ -520,61 +538,68 @@ cdef class Ledger:
         cdef int64_t* slots = <int64_t*>calloc(slot_count, sizeof(int64_t))
         if slots == NULL:
             raise MemoryError("ledger: out of memory")
-        cdef uint64_t mask = slot_count - 1, position
+        cdef uint64_t mask = slot_count - 1, position, hash_value
         cdef Py_ssize_t row
         for row in range(self.transfer_rows):
-            position = _hash128(self.transfers[row].id_lo, self.transfers[row].id_hi) & mask
+            hash_value = _hash128(self.transfers[row].id_lo, self.transfers[row].id_hi)
+            position = hash_value & mask
             while slots[position]:
                 position = (position + 1) & mask
-            slots[position] = row + 1
+            slots[position] = _slot(hash_value, row)
         free(self.transfer_slots)
         self.transfer_slots = slots
         self.transfer_mask = mask
         return 0
 
     cdef int64_t _find_account(self, uint64_t account_id) noexcept:
-        cdef uint64_t position = _mix(account_id) & self.account_mask
+        cdef uint64_t hash_value = _mix(account_id)
+        cdef uint64_t position = hash_value & self.account_mask
         cdef int64_t slot
         while True:
             slot = self.account_slots[position]
             if slot == 0:
                 return -1
-            if self.accounts[slot - 1].id == account_id:
-                return slot - 1
+            if _slot_may_hold(slot, hash_value) and self.accounts[_slot_row(slot)].id == account_id:
+                return _slot_row(slot)
             position = (position + 1) & self.account_mask
 
     cdef int64_t _find_transfer(self, uint64_t id_lo, uint64_t id_hi) noexcept:
-        cdef uint64_t position = _hash128(id_lo, id_hi) & self.transfer_mask
-        cdef int64_t slot
+        cdef uint64_t hash_value = _hash128(id_lo, id_hi)
+        cdef uint64_t position = hash_value & self.transfer_mask
+        cdef int64_t slot, row
         while True:
             slot = self.transfer_slots[position]
             if slot == 0:
                 return -1
-            if self.transfers[slot - 1].id_lo == id_lo and self.transfers[slot - 1].id_hi == id_hi:
-                return slot - 1
+            if _slot_may_hold(slot, hash_value):
+                row = _slot_row(slot)
+                if self.transfers[row].id_lo == id_lo and self.transfers[row].id_hi == id_hi:
+                    return row
             position = (position + 1) & self.transfer_mask
 
     cdef int _insert_account(self, AccountC* a, bint undoable) except -1:
-        cdef uint64_t position = _mix(a.id) & self.account_mask
+        cdef uint64_t hash_value = _mix(a.id)
+        cdef uint64_t position = hash_value & self.account_mask
         while self.account_slots[position]:
             position = (position + 1) & self.account_mask
         cdef int64_t row = self.account_rows
         self.accounts[row] = a[0]
         self.accounts[row].history_last = -1
-        self.account_slots[position] = row + 1
+        self.account_slots[position] = _slot(hash_value, row)
         self.account_rows += 1
         if undoable:
             self._push_undo(UNDO_ACCOUNT_INSERT, row, <int64_t>position)
         return 0
 
     cdef int _insert_transfer(self, TransferC* t, uint8_t status, bint undoable) except -1:
-        cdef uint64_t position = _hash128(t.id_lo, t.id_hi) & self.transfer_mask
+        cdef uint64_t hash_value = _hash128(t.id_lo, t.id_hi)
+        cdef uint64_t position = hash_value & self.transfer_mask
         while self.transfer_slots[position]:
             position = (position + 1) & self.transfer_mask
         cdef int64_t row = self.transfer_rows
         self.transfers[row] = t[0]
         self.transfers[row].status = status
-        self.transfer_slots[position] = row + 1
+        self.transfer_slots[position] = _slot(hash_value, row)
         self.transfer_rows += 1
         if undoable:
             self._push_undo(UNDO_TRANSFER_INSERT, row, <int64_t>position)
