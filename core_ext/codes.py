@@ -221,6 +221,8 @@ _ENTRIES: list[Entry] = [
           "The table of used dynamic QR codes holds used_qr_count_max entries; the payment was not applied."),
     Entry(408, "MERCHANT_FIELD_INVALID", "payment",
           "A merchant registration field is missing or out of range (scheme, identifier, name, MCC, country, currency, account)."),
+    Entry(409, "MERCHANTS_LIMIT_REACHED", "payment",
+          "The merchant directory holds merchant_keys_max registrations; this one was not added."),
 
     # ---- 450-499: risk and AML decisions --------------------------------------
     # What a wallet sees; which rule fired stays in the operator's audit log.

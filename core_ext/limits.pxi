@@ -54,6 +54,7 @@ cdef extern from *:
     #define LIMIT_UPI_VPA_CHARS_MAX 255ULL
     #define LIMIT_MERCHANT_KEYS_MAX 1000000ULL
     #define LIMIT_MERCHANT_NAME_CHARS_MAX 99ULL
+    #define LIMIT_MERCHANT_ID_CHARS_MAX 255ULL
     #define LIMIT_USED_QR_COUNT_MAX 10000000ULL
     """
     const unsigned long long LIMIT_BATCH_EVENTS_MAX
@@ -109,4 +110,5 @@ cdef extern from *:
     const unsigned long long LIMIT_UPI_VPA_CHARS_MAX
     const unsigned long long LIMIT_MERCHANT_KEYS_MAX
     const unsigned long long LIMIT_MERCHANT_NAME_CHARS_MAX
+    const unsigned long long LIMIT_MERCHANT_ID_CHARS_MAX
     const unsigned long long LIMIT_USED_QR_COUNT_MAX

@@ -115,6 +115,8 @@ UPI_VPA_CHARS_MAX = 255
 # QR digests kept for replay detection (pruned once their expiry has passed).
 MERCHANT_KEYS_MAX = 1_000_000
 MERCHANT_NAME_CHARS_MAX = 99
+# A merchant identifier: a UPI address (255) is the longest a QR result names.
+MERCHANT_ID_CHARS_MAX = 255
 USED_QR_COUNT_MAX = 10_000_000
 
 LIMITS: dict[str, int] = {
