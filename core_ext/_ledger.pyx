@@ -1015,14 +1015,18 @@ cdef class Ledger:
         return top
 
     def expire_pending(self, now_ns):
-        """Release every pending transfer whose timeout passed by now_ns; the count released."""
+        """Release pending transfers whose timeout passed by now_ns, soonest first; the count released.
+
+        At most BATCH_EVENTS_MAX per call, so that one batch's journal stays bounded:
+        a caller that gets BATCH_EVENTS_MAX back calls again."""
         _check_now(now_ns)
         cdef uint64_t now = now_ns, timestamp
         cdef ExpiryC entry
         cdef TransferC* p
         cdef uint64_t record[3]
         cdef Py_ssize_t released = 0
-        while self.expiry_count and self.expiry_heap[0].expires_at_ns <= now:
+        while (self.expiry_count and self.expiry_heap[0].expires_at_ns <= now
+               and released < <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX):
             entry = self._pop_expiry()
             # A chain that was rolled back leaves its entry behind: skip what no longer matches.
             if entry.row >= self.transfer_rows:

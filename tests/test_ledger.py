@@ -314,6 +314,17 @@ def test_timeout_at_timeout_seconds_max_is_taken_and_one_past_is_refused(ledger)
         == Code.TIMEOUT_MUST_NOT_EXCEED_MAX
 
 
+def test_expiry_releases_batch_events_max_per_call_and_the_rest_on_the_next(ledger):
+    pending = [T(i, PLAIN, OTHER, 1, flags=PENDING, timeout=1) for i in range(1, limits.BATCH_EVENTS_MAX + 2)]
+    assert ledger.create_transfers(pending[:-1], NOW_NS) == [Code.OK] * limits.BATCH_EVENTS_MAX
+    assert ledger.create_transfers(pending[-1:], NOW_NS) == [Code.OK]
+    later_ns = NOW_NS + 10 * SECOND_NS
+    assert ledger.expire_pending(later_ns) == limits.BATCH_EVENTS_MAX
+    assert balances(ledger, PLAIN) == (1, 0, 0, 0)
+    assert ledger.expire_pending(later_ns) == 1
+    assert balances(ledger, PLAIN) == (0, 0, 0, 0)
+
+
 def test_history_rows_at_the_limit_are_served_and_one_past_is_refused(ledger):
     assert ledger.account_history(WITH_HISTORY, limits.ACCOUNT_HISTORY_ROWS_MAX) == []
     with pytest.raises(ValueError):

@@ -468,10 +468,14 @@ class Ledger:
     # ---- expiry ------------------------------------------------------------
 
     def expire_pending(self, now_ns: int) -> int:
-        """Release every pending transfer whose timeout passed by now_ns; the count released."""
+        """Release pending transfers whose timeout passed by now_ns, soonest first; the count released.
+
+        At most BATCH_EVENTS_MAX per call, so that one batch's journal stays bounded:
+        a caller that gets BATCH_EVENTS_MAX back calls again."""
         _check_now(now_ns)
         released = 0
-        while self._expiry_heap and self._expiry_heap[0][0] <= now_ns:
+        while (self._expiry_heap and self._expiry_heap[0][0] <= now_ns
+               and released < limits.BATCH_EVENTS_MAX):
             expires_at_ns, timestamp, transfer_id = heapq.heappop(self._expiry_heap)
             p = self._transfers.get(transfer_id)
             if (p is None or p.timestamp != timestamp or self._status[transfer_id] != STATUS_PENDING
