@@ -835,6 +835,14 @@ cdef class RuleEngine:
         self._journal_bytes += JOURNAL_RECORD_BYTES
         return 0
 
+    def reset(self):
+        """Forget all counters and any unjournaled effects (storage reload replays from empty).
+        Slots are zeroed when reused, so only the indexes are renewed; statistics stay."""
+        self._accounts = _Lru(self._accounts.capacity)
+        self._devices = _Lru(self._devices.capacity)
+        self._qr = _Lru(self._qr.capacity)
+        self._journal_bytes = 0
+
     def take_journal(self):
         if self._journal_bytes == 0:
             return None

@@ -508,3 +508,29 @@ def test_evaluate_changes_no_state_and_repeat_needs_a_positive_count(impl):
     assert engine.state_hash() == before and engine.take_journal() is None
     with pytest.raises(ValueError):
         engine.evaluate_repeat(ctx(), 0)
+
+
+def test_reset_empties_the_state_for_a_replay_from_storage(impl):
+    demo = load_ruleset(open("switch/demo/rules.toml").read())
+    engine = impl.RuleEngine(demo, capacity={"accounts": 3})
+    empty = engine.state_hash()
+    posted(engine, *payment_stream())
+    journal = engine.take_journal()
+    full = engine.state_hash()
+    posted(engine, ctx(payer_account_id=99))                 # applied but never committed
+    engine.reset()
+    assert engine.state_hash() == empty and engine.take_journal() is None
+    assert engine.tables()["accounts"] == {"size": 0, "capacity": 3, "evictions": 0}
+    engine.apply_journal(journal)
+    assert engine.state_hash() == full
+
+
+def test_the_longest_burst_a_rule_may_ask_about(impl):
+    longest = limits.RULES_BURST_COUNT_MAX
+    engine = engine_with(impl, rule("burst", action="review", interval_seconds=300, count=longest))
+    posted(engine, *[ctx(now_ns=T0 + step * SECOND) for step in range(longest - 2)])
+    assert engine.evaluate(ctx(now_ns=T0 + longest * SECOND)).fired == ()       # one short of the count
+    posted(engine, ctx(now_ns=T0 + (longest - 2) * SECOND))
+    assert engine.evaluate(ctx(now_ns=T0 + longest * SECOND)).code == Code.RISK_REVIEW
+    posted(engine, *[ctx(now_ns=T0 + (longest + step) * SECOND) for step in range(longest)])
+    assert engine.evaluate(ctx(now_ns=T0 + 3 * longest * SECOND)).code == Code.RISK_REVIEW   # ring wrapped

@@ -294,6 +294,14 @@ class RuleEngine:
 
     # ---- journaled component ---------------------------------------------------------
 
+    def reset(self) -> None:
+        """Forget all counters and any unjournaled effects (storage reload replays from empty).
+        Per-rule statistics stay: they describe the process, not the state."""
+        self.accounts = LruTable(self.accounts.capacity, AccountState)
+        self.devices = LruTable(self.devices.capacity, DeviceState)
+        self.dynamic_qr = LruTable(self.dynamic_qr.capacity, lambda: [0])
+        self._journal.clear()
+
     def take_journal(self) -> bytes | None:
         if not self._journal:
             return None

@@ -107,7 +107,7 @@ RETURNS bigint LANGUAGE sql IMMUTABLE STRICT AS $$
 $$;
 
 
--- The ledger's verdict on a payment whose accounts are read (and locked): OK or why not.
+-- The ledger's verdict on a payment, given its accounts' balances so far: OK or why not.
 CREATE FUNCTION payment_posting_code(
     p_payer account, p_merchant account, p_fee account, p_fee_bps smallint,
     p_amount_minor bigint, p_fee_minor bigint
@@ -141,47 +141,190 @@ BEGIN
 END $$;
 
 
--- Post one payment, all legs or none, in a transaction that already holds the row locks of the
--- three accounts (pay and pay_batch take them, in id order). Returns a core_ext.codes number.
-CREATE FUNCTION post_locked_payment(
+-- Post a batch of payments in one transaction (one WAL flush for all of them) and answer a
+-- core_ext.codes number per payment; each payment is all legs or none on its own.
+--
+-- The batch reads and locks every account it names once, in ascending id order (so two
+-- transactions never deadlock), keeps the balances in variables while it decides payment after
+-- payment, and writes each changed balance once at the end with all payments and legs in three
+-- statements. PostgreSQL keeps every version of a row updated within one transaction, so
+-- updating the fee account once per payment would make each later read walk a chain as long
+-- as the batch; writing it once keeps a batch linear in its size.
+CREATE FUNCTION pay_batch(
+    p_ids uuid[], p_payer_account_ids bigint[], p_merchant_account_ids bigint[],
+    p_fee_account_id bigint, p_amounts_minor bigint[]
+) RETURNS smallint[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_count        integer := cardinality(p_ids);
+    v_codes        smallint[] := '{}';
+    v_code         smallint;
+    v_account_ids  bigint[];     -- the batch's accounts, by id, balances as of the payments so far
+    v_accounts     account[];
+    v_merchant_ids bigint[];     -- the merchant directory's fees for the batch's merchants
+    v_merchant_fees_bps smallint[];
+    v_stored_ids   uuid[];       -- payments recorded before this batch, by id
+    v_stored       payment[];
+    v_new_ids      uuid[] := '{}';   -- and by it
+    v_new          payment[] := '{}';
+    v_legs         transfer[] := '{}';
+    v_index        integer;
+    v_payer_index  integer;
+    v_merchant_index integer;
+    v_fee_index    integer;
+    v_payer        account;
+    v_merchant     account;
+    v_fee          account;
+    v_fee_bps      smallint;
+    v_fee_minor    bigint;
+BEGIN
+    IF cardinality(p_payer_account_ids) <> v_count OR cardinality(p_merchant_account_ids) <> v_count
+       OR cardinality(p_amounts_minor) <> v_count THEN
+        RAISE EXCEPTION 'pay_batch: the four arrays must have the same length';
+    END IF;
+    IF v_count > {{BATCH_EVENTS_MAX}} THEN
+        RETURN array_fill({{CODE_BATCH_TOO_LARGE}}::smallint, ARRAY[v_count]);
+    END IF;
+
+    SELECT array_agg((locked.a).id ORDER BY (locked.a).id), array_agg(locked.a ORDER BY (locked.a).id)
+    INTO v_account_ids, v_accounts
+    FROM (SELECT a FROM account a
+          WHERE a.id = ANY (p_payer_account_ids || p_merchant_account_ids || p_fee_account_id)
+          ORDER BY a.id FOR UPDATE) AS locked;
+    SELECT array_agg(account_id), array_agg(fee_bps) INTO v_merchant_ids, v_merchant_fees_bps
+    FROM merchant WHERE account_id = ANY (p_merchant_account_ids);
+    SELECT array_agg(p.id), array_agg(p) INTO v_stored_ids, v_stored
+    FROM payment p WHERE p.id = ANY (p_ids);
+
+    FOR i IN 1 .. v_count LOOP
+        v_code := payment_request_code(p_ids[i], p_payer_account_ids[i], p_merchant_account_ids[i],
+                                       p_fee_account_id, p_amounts_minor[i]);
+        IF v_code = {{CODE_OK}} THEN
+            v_index := array_position(v_stored_ids, p_ids[i]);
+            IF v_index IS NOT NULL THEN
+                v_code := payment_repeat_code(v_stored[v_index], p_payer_account_ids[i],
+                                              p_merchant_account_ids[i], p_amounts_minor[i]);
+            ELSE
+                v_index := array_position(v_new_ids, p_ids[i]);
+                IF v_index IS NOT NULL THEN
+                    v_code := payment_repeat_code(v_new[v_index], p_payer_account_ids[i],
+                                                  p_merchant_account_ids[i], p_amounts_minor[i]);
+                ELSE
+                    -- A first sight of this id: decide on the balances so far, record the verdict,
+                    -- and post the legs when accepted. (Inline: a PL/pgSQL call copies its arrays.)
+                    v_payer_index := array_position(v_account_ids, p_payer_account_ids[i]);
+                    v_merchant_index := array_position(v_account_ids, p_merchant_account_ids[i]);
+                    v_fee_index := array_position(v_account_ids, p_fee_account_id);
+                    v_payer := v_accounts[v_payer_index];          -- NULL when there is no such account
+                    v_merchant := v_accounts[v_merchant_index];
+                    v_fee := v_accounts[v_fee_index];
+                    v_fee_bps := v_merchant_fees_bps[array_position(v_merchant_ids, p_merchant_account_ids[i])];
+                    v_fee_minor := COALESCE(fee_minor(p_amounts_minor[i], v_fee_bps), 0);
+                    v_code := payment_posting_code(v_payer, v_merchant, v_fee, v_fee_bps,
+                                                   p_amounts_minor[i], v_fee_minor);
+                    IF v_code = {{CODE_OK}} THEN
+                        v_payer.debits_posted_minor := v_payer.debits_posted_minor + p_amounts_minor[i];
+                        v_merchant.credits_posted_minor := v_merchant.credits_posted_minor + p_amounts_minor[i];
+                        v_merchant.debits_posted_minor := v_merchant.debits_posted_minor + v_fee_minor;
+                        v_fee.credits_posted_minor := v_fee.credits_posted_minor + v_fee_minor;
+                        v_accounts[v_payer_index] := v_payer;
+                        v_accounts[v_merchant_index] := v_merchant;
+                        v_accounts[v_fee_index] := v_fee;
+                        v_legs := v_legs || ROW(p_ids[i], 0::smallint, p_payer_account_ids[i], p_merchant_account_ids[i],
+                                                p_amounts_minor[i], v_payer.ledger,
+                                                {{TRANSFER_CODE_PAYMENT}}::smallint, now())::transfer;
+                        IF v_fee_minor > 0 THEN  -- a zero fee is no posting (the switch rejects zero amounts)
+                            v_legs := v_legs || ROW(p_ids[i], 1::smallint, p_merchant_account_ids[i], p_fee_account_id,
+                                                    v_fee_minor, v_payer.ledger,
+                                                    {{TRANSFER_CODE_FEE}}::smallint, now())::transfer;
+                        END IF;
+                    END IF;
+                    v_new_ids := v_new_ids || p_ids[i];
+                    v_new := v_new || ROW(p_ids[i], p_payer_account_ids[i], p_merchant_account_ids[i],
+                                          p_amounts_minor[i], v_code, now())::payment;
+                END IF;
+            END IF;
+        END IF;
+        v_codes := v_codes || v_code;
+    END LOOP;
+
+    PERFORM write_batch(v_new, v_legs, v_accounts);
+    RETURN v_codes;
+END $$;
+
+
+-- The batch's effects in three statements: its payments (accepted or refused for good), its
+-- legs, and each balance it changed, written once.
+CREATE FUNCTION write_batch(p_payments payment[], p_legs transfer[], p_accounts account[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_recorded_count bigint;
+BEGIN
+    INSERT INTO payment SELECT * FROM unnest(p_payments) ON CONFLICT (id) DO NOTHING;
+    GET DIAGNOSTICS v_recorded_count = ROW_COUNT;
+    IF v_recorded_count <> cardinality(p_payments) THEN
+        -- Only a transaction that does not share our fee account's lock can get here first.
+        -- Undo the whole batch; retrying it with the same ids is safe and answers EXISTS.
+        RAISE EXCEPTION 'pay_batch: another transaction recorded one of these payment ids first'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    INSERT INTO transfer SELECT * FROM unnest(p_legs);
+    UPDATE account AS a
+    SET debits_posted_minor = new.debits_posted_minor, credits_posted_minor = new.credits_posted_minor
+    FROM unnest(p_accounts) AS new
+    WHERE a.id = new.id
+      AND (a.debits_posted_minor, a.credits_posted_minor)
+          IS DISTINCT FROM (new.debits_posted_minor, new.credits_posted_minor);
+END $$;
+
+
+-- One payment per call, the client's whole transaction. The same rules as pay_batch (the code
+-- functions above); the plumbing differs because, for one payment, a few direct statements
+-- cost less than pay_batch's arrays.
+CREATE FUNCTION pay(
     p_id uuid, p_payer_account_id bigint, p_merchant_account_id bigint,
     p_fee_account_id bigint, p_amount_minor bigint
 ) RETURNS smallint LANGUAGE plpgsql AS $$
 DECLARE
-    v_existing payment;
-    v_payer    account;
-    v_merchant account;
-    v_fee      account;
-    v_fee_bps  smallint;
+    v_code      smallint;
+    v_row       account;
+    v_payer     account;
+    v_merchant  account;
+    v_fee       account;
+    v_fee_bps   smallint;
     v_fee_minor bigint;
-    v_code     smallint;
+    v_stored    payment;
 BEGIN
-    SELECT * INTO v_existing FROM payment WHERE id = p_id;
-    IF FOUND THEN
-        RETURN payment_repeat_code(v_existing, p_payer_account_id, p_merchant_account_id, p_amount_minor);
+    v_code := payment_request_code(p_id, p_payer_account_id, p_merchant_account_id,
+                                   p_fee_account_id, p_amount_minor);
+    IF v_code <> {{CODE_OK}} THEN
+        RETURN v_code;
     END IF;
-
-    SELECT * INTO v_payer FROM account WHERE id = p_payer_account_id;
-    SELECT * INTO v_merchant FROM account WHERE id = p_merchant_account_id;
-    SELECT * INTO v_fee FROM account WHERE id = p_fee_account_id;
+    -- Lock and read the three accounts in one statement, in ascending id order (no deadlocks).
+    FOR v_row IN SELECT * FROM account
+                 WHERE id IN (p_payer_account_id, p_merchant_account_id, p_fee_account_id)
+                 ORDER BY id FOR UPDATE LOOP
+        CASE v_row.id
+            WHEN p_payer_account_id THEN v_payer := v_row;
+            WHEN p_merchant_account_id THEN v_merchant := v_row;
+            ELSE v_fee := v_row;
+        END CASE;
+    END LOOP;
     SELECT fee_bps INTO v_fee_bps FROM merchant WHERE account_id = p_merchant_account_id;
     v_fee_minor := COALESCE(fee_minor(p_amount_minor, v_fee_bps), 0);
     v_code := payment_posting_code(v_payer, v_merchant, v_fee, v_fee_bps, p_amount_minor, v_fee_minor);
 
-    -- ON CONFLICT: a twin of this id that did not share our locks committed first; answer as
-    -- its repeat instead of failing the transaction.
+    -- The insert is the idempotency check: a repeated id inserts nothing and posts nothing.
     INSERT INTO payment (id, payer_account_id, merchant_account_id, amount_minor, result_code)
     VALUES (p_id, p_payer_account_id, p_merchant_account_id, p_amount_minor, v_code)
     ON CONFLICT (id) DO NOTHING;
     IF NOT FOUND THEN
-        SELECT * INTO v_existing FROM payment WHERE id = p_id;
-        RETURN payment_repeat_code(v_existing, p_payer_account_id, p_merchant_account_id, p_amount_minor);
+        SELECT * INTO v_stored FROM payment WHERE id = p_id;
+        RETURN payment_repeat_code(v_stored, p_payer_account_id, p_merchant_account_id, p_amount_minor);
     END IF;
     IF v_code <> {{CODE_OK}} THEN
         RETURN v_code;
     END IF;
 
-    -- Both legs in one statement each: fewer executor round trips inside the function.
     UPDATE account AS a
     SET debits_posted_minor = a.debits_posted_minor + leg.debit_minor,
         credits_posted_minor = a.credits_posted_minor + leg.credit_minor
@@ -189,7 +332,6 @@ BEGIN
                  (p_merchant_account_id, v_fee_minor, p_amount_minor),
                  (p_fee_account_id, 0::bigint, v_fee_minor)) AS leg (account_id, debit_minor, credit_minor)
     WHERE a.id = leg.account_id;
-
     INSERT INTO transfer (payment_id, leg_index, debit_account_id, credit_account_id, amount_minor, ledger, code)
     SELECT p_id, leg.leg_index, leg.debit_account_id, leg.credit_account_id, leg.amount_minor,
            v_payer.ledger, leg.code
@@ -200,60 +342,4 @@ BEGIN
          AS leg (leg_index, debit_account_id, credit_account_id, amount_minor, code)
     WHERE leg.amount_minor > 0;  -- a zero fee is no posting (the switch rejects zero amounts)
     RETURN {{CODE_OK}};
-END $$;
-
-
--- One payment per call: the client's transaction is this one statement.
-CREATE FUNCTION pay(
-    p_id uuid, p_payer_account_id bigint, p_merchant_account_id bigint,
-    p_fee_account_id bigint, p_amount_minor bigint
-) RETURNS smallint LANGUAGE plpgsql AS $$
-DECLARE
-    v_code smallint;
-BEGIN
-    v_code := payment_request_code(p_id, p_payer_account_id, p_merchant_account_id,
-                                   p_fee_account_id, p_amount_minor);
-    IF v_code <> {{CODE_OK}} THEN
-        RETURN v_code;
-    END IF;
-    -- Every transaction locks its accounts in ascending id order, so two never deadlock.
-    PERFORM 1 FROM account
-    WHERE id IN (p_payer_account_id, p_merchant_account_id, p_fee_account_id)
-    ORDER BY id FOR UPDATE;
-    RETURN post_locked_payment(p_id, p_payer_account_id, p_merchant_account_id,
-                               p_fee_account_id, p_amount_minor);
-END $$;
-
-
--- Many payments per call, one transaction and so one WAL flush for all of them: PostgreSQL's
--- best case. Each payment is still all-or-nothing on its own and gets its own code.
-CREATE FUNCTION pay_batch(
-    p_ids uuid[], p_payer_account_ids bigint[], p_merchant_account_ids bigint[],
-    p_fee_account_id bigint, p_amounts_minor bigint[]
-) RETURNS smallint[] LANGUAGE plpgsql AS $$
-DECLARE
-    v_count integer := cardinality(p_ids);
-    v_codes smallint[] := '{}';
-    v_code  smallint;
-BEGIN
-    IF cardinality(p_payer_account_ids) <> v_count OR cardinality(p_merchant_account_ids) <> v_count
-       OR cardinality(p_amounts_minor) <> v_count THEN
-        RAISE EXCEPTION 'pay_batch: the four arrays must have the same length';
-    END IF;
-    IF v_count > {{BATCH_EVENTS_MAX}} THEN
-        RETURN array_fill({{CODE_BATCH_TOO_LARGE}}::smallint, ARRAY[v_count]);
-    END IF;
-    PERFORM 1 FROM account
-    WHERE id = ANY (p_payer_account_ids || p_merchant_account_ids || p_fee_account_id)
-    ORDER BY id FOR UPDATE;
-    FOR i IN 1 .. v_count LOOP
-        v_code := payment_request_code(p_ids[i], p_payer_account_ids[i], p_merchant_account_ids[i],
-                                       p_fee_account_id, p_amounts_minor[i]);
-        IF v_code = {{CODE_OK}} THEN
-            v_code := post_locked_payment(p_ids[i], p_payer_account_ids[i], p_merchant_account_ids[i],
-                                          p_fee_account_id, p_amounts_minor[i]);
-        END IF;
-        v_codes := v_codes || v_code;
-    END LOOP;
-    RETURN v_codes;
 END $$;
