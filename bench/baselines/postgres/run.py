@@ -214,14 +214,16 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _exit_on_sigterm(signal_number: int, frame) -> None:
+def _exit_on_signal(signal_number: int, frame) -> None:
     # SystemExit unwinds through the cluster's `finally`, which stops and deletes it.
     raise SystemExit(128 + signal_number)
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Ctrl-C raises KeyboardInterrupt by itself; a kill or a closed terminal should clean up too.
+    for signal_number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signal_number, _exit_on_signal)
     try:
         report = asyncio.run(run_benchmark(arguments))
     except schema.LedgerInvariantBroken as error:
