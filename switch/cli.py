@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     ("pay", "pay"),
     ("ledger", "ledger"),
     ("rules", "rules"),
+    ("qr", "qr"),
 ]
 
 
