@@ -88,3 +88,19 @@ def test_bench_rules_observe(benchmark, implementation):
 
     benchmark(observe_and_drain)
     per_payment_ns(benchmark, 1)
+
+
+def _demo_rule_ids() -> list[str]:
+    return [rule.id for rule in load_ruleset((ROOT / "switch" / "demo" / "rules.toml").read_text()).rules]
+
+
+@pytest.mark.parametrize("rule_id", _demo_rule_ids())
+def test_bench_rules_one_rule_compiled(benchmark, rule_id):
+    """The time each rule costs (the engine counts hits, not time: a clock read per
+    rule would cost more than most rules). Same warm state, only this rule on."""
+    engine = demo_engine("compiled")
+    demo = engine.ruleset
+    engine.reload(dataclasses.replace(demo, rules=tuple(rule for rule in demo.rules if rule.id == rule_id)))
+    benchmark.group = "rules: one rule per payment (compiled, x1000)"
+    benchmark(engine.evaluate_repeat, payment(), REPEAT)
+    per_payment_ns(benchmark, REPEAT)
