@@ -134,26 +134,30 @@ cdef int _grow(void** array, Py_ssize_t* capacity, Py_ssize_t needed, size_t ite
 
 # ---- Python <-> C conversion (the only place Python objects are read) ------------
 
+cdef extern from "Python.h":
+    # Declared here without an exception spec: a failed conversion is an answer
+    # (FIELD_OUT_OF_RANGE), not an exception, and this keeps try/except frames
+    # out of the per-field path.
+    unsigned long _long_as_u64 "PyLong_AsUnsignedLong"(object value)
+    void* PyErr_Occurred()
+    void PyErr_Clear()
+
+
 cdef inline bint _u64(object value, uint64_t* out):
     if not isinstance(value, int):
         return False
-    try:
-        out[0] = value
-    except OverflowError:
+    out[0] = _long_as_u64(value)
+    if out[0] == <uint64_t>-1 and PyErr_Occurred() != NULL:
+        PyErr_Clear()                       # negative, or wider than 64 bits
         return False
     return True
 
 
 cdef inline bint _u128(object value, uint64_t* lo, uint64_t* hi):
-    if not isinstance(value, int):
-        return False
-    try:
-        lo[0] = value
+    if _u64(value, lo):
         hi[0] = 0
         return True
-    except OverflowError:
-        pass
-    if value < 0 or value > U128_MAX:
+    if not isinstance(value, int) or value < 0 or value > U128_MAX:
         return False
     lo[0] = value & U64_MASK
     hi[0] = value >> 64
@@ -173,7 +177,7 @@ cdef int _account_from_python(object a, AccountC* out):
     """The checks on an account's fields, in the twin's order; fills `out` when they pass."""
     cdef uint64_t value
     memset(out, 0, sizeof(AccountC))
-    if a.timestamp != 0:
+    if not _u64(a.timestamp, &out.timestamp) or out.timestamp != 0:
         return CODE_TIMESTAMP_MUST_BE_ZERO
     if not _u64(a.id, &out.id):
         return CODE_FIELD_OUT_OF_RANGE
@@ -208,7 +212,7 @@ cdef int _transfer_from_python(object t, TransferC* out):
     """The checks on a transfer's fields, in the twin's order; fills `out` when they pass."""
     cdef uint64_t value
     memset(out, 0, sizeof(TransferC))
-    if t.timestamp != 0:
+    if not _u64(t.timestamp, &out.timestamp) or out.timestamp != 0:
         return CODE_TIMESTAMP_MUST_BE_ZERO
     if not _u128(t.id, &out.id_lo, &out.id_hi):
         return CODE_FIELD_OUT_OF_RANGE

@@ -256,7 +256,7 @@ class Ledger:
     # ---- accounts ----------------------------------------------------------
 
     def _create_account(self, a: Account, now_ns: int) -> int:
-        if a.timestamp != 0:
+        if not (isinstance(a.timestamp, int) and a.timestamp == 0):
             return Code.TIMESTAMP_MUST_BE_ZERO
         if not _is_uint(a.id, U64_MAX):
             return Code.FIELD_OUT_OF_RANGE
@@ -673,7 +673,7 @@ def _copy_transfer(t: Transfer) -> Transfer:
 
 def _transfer_fields_code(t: Transfer) -> int:
     """Fields that are not the right kind of number, before any rule looks at them."""
-    if t.timestamp != 0:
+    if not (isinstance(t.timestamp, int) and t.timestamp == 0):
         return Code.TIMESTAMP_MUST_BE_ZERO
     if not _is_uint(t.id, U128_MAX):
         return Code.FIELD_OUT_OF_RANGE
