@@ -120,6 +120,7 @@ class AsyncClient:
         self._outstanding: dict[int, tuple[list, asyncio.Future]] = {}
         self._pay_queue: list[tuple[PayRequest, asyncio.Future]] = []
         self._pay_flush_scheduled = False
+        self._out: list[bytes] = []
         self._reconnecting: asyncio.Task | None = None
         self._closed = False
 
@@ -216,8 +217,17 @@ class AsyncClient:
     # ---- requests ----------------------------------------------------------------------
 
     def _send(self, message: list) -> None:
+        """Queue a frame; every frame queued in one loop turn leaves in one write (one syscall)."""
+        if self._wire is None:
+            return
+        self._out.append(protocol.pack_frame(message))
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_out)
+
+    def _flush_out(self) -> None:
+        out, self._out = self._out, []
         if self._wire is not None and not self._wire.transport.is_closing():
-            self._wire.transport.write(protocol.pack_frame(message))
+            self._wire.transport.write(b"".join(out))
 
     def request_nowait(self, op: str, args: Any) -> asyncio.Future:
         """Send one request now; the future resolves to (code, result). Pipelining is free."""
@@ -230,6 +240,9 @@ class AsyncClient:
         message = [request_id, op, args]
         future = asyncio.get_running_loop().create_future()
         self._outstanding[request_id] = (message, future)
+        if self._wire is None and (self._reconnecting is None or self._reconnecting.done()):
+            # The connection dropped while nothing was outstanding: reconnect now.
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
         self._send(message)
         return future
 

@@ -178,7 +178,9 @@ class Engine:
             if missing_transfers:
                 self._expect_ok(self.ledger.create_transfers(missing_transfers, now_ns), "fund opening balances")
         for merchant in self.config.merchants:
-            self.merchants.register(**merchant)
+            code = self.merchants.register(**merchant)
+            if code != Code.OK:
+                raise RuntimeError(f"merchant {merchant}: {Code(code).name}")
         self.storage.commit()
 
     @staticmethod
@@ -303,11 +305,14 @@ class Engine:
         return amount_minor * ledger_config.fee_bps // BASIS_POINTS
 
     def _consume_qr(self, qr: Any, item: PayItem, amount_minor: int, now_ns: int) -> int:
-        """Single use of a dynamic QR, skipped for a retry of a payment already posted:
-        the retry must reach the ledger to be answered EXISTS."""
-        if not qr.dynamic:
-            return Code.OK
-        if item.transfer_id in self._group_ids or self.ledger.lookup_transfers([item.transfer_id])[0] is not None:
+        """The directory's guard (amount binding; a dynamic code's expiry and single use).
+
+        Skipped for a retry of a dynamic payment already posted: the retry must reach the
+        ledger to be answered EXISTS.  A dynamic code is consumed here, before posting, so
+        a payment the ledger then refuses (e.g. insufficient funds) has used its code up:
+        the merchant's terminal issues a new one, as for any failed dynamic payment."""
+        if qr.dynamic and (item.transfer_id in self._group_ids
+                           or self.ledger.lookup_transfers([item.transfer_id])[0] is not None):
             return Code.OK
         return self.merchants.check_and_consume(qr, item.qr_payload, amount_minor, now_ns // NS_PER_SECOND)
 

@@ -125,7 +125,7 @@ class FrameBuffer:
         if available < LENGTH_PREFIX_BYTES + length:
             return None
         body_start = self._start + LENGTH_PREFIX_BYTES
-        body = bytes(self._data[body_start:body_start + length])
+        body = bytes(memoryview(self._data)[body_start:body_start + length])   # one copy, not two
         self._start = body_start + length
         if self._start == self._end:
             self._start = self._end = 0

@@ -90,3 +90,58 @@ class Raw:
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
+
+
+# ---- a small real switch for the end-to-end tests -------------------------------------------
+
+THB = 764
+PAYER, OTHER_PAYER = 1001, 2001
+MERCHANT_ACCOUNT, FEE_ACCOUNT, SETTLEMENT_ACCOUNT = 5001, 9764, 8764
+MERCHANT_NAME = "Somsak Tuk-Tuk"
+MERCHANT_PROMPTPAY_ID = "0066812345678"
+PAYER_OPENING_MINOR = 1_000_000
+# The opening-balance transfers bootstrap posts (one per funded account).
+BOOTSTRAP_TRANSFERS = 2
+
+
+def document() -> dict:
+    doc = base_document()
+    doc["ledgers"] = [{"ledger": THB, "fee_account_id": FEE_ACCOUNT, "settlement_account_id": SETTLEMENT_ACCOUNT,
+                       "fee_bps": 50}]
+    wallet_flags = ["debits_must_not_exceed_credits", "history"]
+    doc["accounts"] = [
+        {"id": SETTLEMENT_ACCOUNT, "ledger": THB, "code": 4},
+        {"id": FEE_ACCOUNT, "ledger": THB, "code": 3},
+        {"id": MERCHANT_ACCOUNT, "ledger": THB, "code": 2, "flags": ["debits_must_not_exceed_credits"]},
+        {"id": PAYER, "ledger": THB, "code": 1, "owner": WALLET_ID, "flags": wallet_flags,
+         "opening_balance_minor": PAYER_OPENING_MINOR},
+        {"id": OTHER_PAYER, "ledger": THB, "code": 1, "owner": OTHER_ID, "flags": wallet_flags,
+         "opening_balance_minor": PAYER_OPENING_MINOR},
+    ]
+    doc["merchants"] = [{"scheme": "promptpay", "merchant_id": MERCHANT_PROMPTPAY_ID, "account_id": MERCHANT_ACCOUNT,
+                         "name": MERCHANT_NAME, "mcc": "4121", "country": "TH", "currency": THB}]
+    return doc
+
+
+def _spec(**overrides):
+    from switch import qrmake
+
+    fields = dict(profile="promptpay", merchant_id=MERCHANT_PROMPTPAY_ID, name=MERCHANT_NAME, city="Bangkok",
+                  mcc="4121", currency=THB, country="TH")
+    fields.update(overrides)
+    return qrmake.QrSpec(**fields)
+
+
+def static_qr() -> str:
+    from switch import qrmake
+    return qrmake.make_payload(_spec())
+
+
+def dynamic_qr(amount_minor: int, reference: str) -> str:
+    from switch import qrmake
+    return qrmake.make_payload(_spec(amount_minor=amount_minor, dynamic=True, reference=reference))
+
+
+def unregistered_qr() -> str:
+    from switch import qrmake
+    return qrmake.make_payload(_spec(merchant_id="0066899999999", name="Nobody"))
