@@ -10,6 +10,7 @@ Python boundary.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bool cimport PyBool_Check
 from cpython.long cimport PyLong_CheckExact
 from libc.stdint cimport INT64_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
@@ -22,7 +23,7 @@ import sys
 
 from core_ext.rules_types import (
     BLOCKLIST_FIELDS, DAY, DAYS_30, HOUR, JOURNAL_RECORD, JOURNAL_VERSION, MERCHANT_DAY_NS, MODE_NAMES,
-    SKETCH_BUCKET_NS, Decision, Kind, Mode, context_problem, journal_records, state_digest, table_capacities,
+    SKETCH_BUCKET_NS, Decision, Kind, Mode, check_compiled, context_problem, journal_records, state_digest, table_capacities,
 )
 
 cdef extern from *:
@@ -272,7 +273,9 @@ cdef int context_from_object(object ctx, PaymentCtx* out) except -1:
         value = ctx.merchant_mcc
         exact &= PyLong_CheckExact(value)
         out.merchant_mcc = value
-        out.merchant_is_personal = ctx.merchant_is_personal
+        value = ctx.merchant_is_personal
+        exact &= PyBool_Check(value)
+        out.merchant_is_personal = value
         value = ctx.merchant_country
         exact &= PyLong_CheckExact(value)
         out.merchant_country = value
@@ -285,7 +288,9 @@ cdef int context_from_object(object ctx, PaymentCtx* out) except -1:
         value = ctx.qr_digest
         exact &= PyLong_CheckExact(value)
         out.qr_digest = value
-        out.qr_dynamic = ctx.qr_dynamic
+        value = ctx.qr_dynamic
+        exact &= PyBool_Check(value)
+        out.qr_dynamic = value
         value = ctx.amount_minor
         exact &= PyLong_CheckExact(value)
         out.amount_minor = value
@@ -295,8 +300,12 @@ cdef int context_from_object(object ctx, PaymentCtx* out) except -1:
         value = ctx.amount_usd_minor
         exact &= PyLong_CheckExact(value)
         out.amount_usd_minor = value
-        out.originator_info_present = ctx.originator_info_present
-        out.beneficiary_info_present = ctx.beneficiary_info_present
+        value = ctx.originator_info_present
+        exact &= PyBool_Check(value)
+        out.originator_info_present = value
+        value = ctx.beneficiary_info_present
+        exact &= PyBool_Check(value)
+        out.beneficiary_info_present = value
         value = ctx.now_ns
         exact &= PyLong_CheckExact(value)
         out.now_ns = value
@@ -594,8 +603,10 @@ cdef class RuleEngine:
         self._load(ruleset, old)
 
     cdef int _load(self, object ruleset, dict old) except -1:
-        cdef CRule* rules = <CRule*>calloc(max(len(ruleset.rules), 1), sizeof(CRule))
+        cdef CRule* rules
         cdef int index
+        check_compiled(ruleset)                  # at most RULES_MAX rules: the fired mask is one u64
+        rules = <CRule*>calloc(max(len(ruleset.rules), 1), sizeof(CRule))
         if rules == NULL:
             raise MemoryError()
         try:

@@ -126,6 +126,10 @@ def context_problem(ctx: Any) -> str | None:
             return f"{name} must be an integer, not {type(value).__name__}"
         if not low <= value <= high:
             return f"{name}={value} is outside {low}..{high}"
+    for name in CONTEXT_FLAGS:
+        value = getattr(ctx, name, None)
+        if not isinstance(value, int):          # bool, or 0/1 from a decoder; never None or a string
+            return f"{name} must be a boolean, not {type(value).__name__}"
     return None
 
 
@@ -337,6 +341,17 @@ class RuleSet:
 
 class RuleSetError(ValueError):
     """An invalid rule set; the message names the rule and the field."""
+
+
+def check_compiled(ruleset: "RuleSet") -> None:
+    """What an engine assumes of a RuleSet (load_ruleset guarantees it; a hand-built one may not)."""
+    if len(ruleset.rules) > limits.RULES_PER_SET_MAX:
+        raise RuleSetError(f"rules: {len(ruleset.rules)} rules, more than {limits.RULES_PER_SET_MAX}")
+    for rule in ruleset.rules:
+        if rule.kind not in KIND_NAMES or rule.mode not in MODE_NAMES or rule.action not in tuple(RuleAction):
+            raise RuleSetError(f"rule {rule.id!r}: kind, mode or action out of range")
+        if len(rule.tier) != TIERS or len(rule.p) != 4:
+            raise RuleSetError(f"rule {rule.id!r}: parameter tables of the wrong size")
 
 
 # ---- compilation from TOML -------------------------------------------------------

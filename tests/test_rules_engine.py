@@ -391,6 +391,7 @@ def test_a_declined_payment_changes_no_counter(impl):
     ("amount_minor", 0), ("amount_minor", 2**64), ("amount_minor", -1), ("amount_minor", 1.5),
     ("payer_kyc_tier", limits.RULES_KYC_TIERS), ("payer_account_id", 2**64), ("payer_account_id", True),
     ("now_ns", -1), ("now_ns", 2**63), ("merchant_mcc", 10_000), ("device_id", None), ("currency", "356"),
+    ("qr_dynamic", None), ("merchant_is_personal", "no"), ("originator_info_present", 1.0),
 ])
 def test_an_invalid_field_is_declined_with_a_stable_code(impl, field, value):
     engine = engine_with(impl, rule("payment_cap_tier", limit_minor=10))
@@ -534,3 +535,21 @@ def test_the_longest_burst_a_rule_may_ask_about(impl):
     assert engine.evaluate(ctx(now_ns=T0 + longest * SECOND)).code == Code.RISK_REVIEW
     posted(engine, *[ctx(now_ns=T0 + (longest + step) * SECOND) for step in range(longest)])
     assert engine.evaluate(ctx(now_ns=T0 + 3 * longest * SECOND)).code == Code.RISK_REVIEW   # ring wrapped
+
+
+def test_flags_may_be_zero_or_one_from_a_decoder(impl):
+    engine = engine_with(impl, rule("static_qr_merchant"))
+    assert engine.evaluate(ctx(qr_dynamic=1, qr_merchant_account_id=0)).code == Code.OK
+    assert engine.evaluate(ctx(qr_dynamic=0, qr_merchant_account_id=0)).code == Code.RISK_QR_REJECTED
+
+
+def test_a_hand_built_rule_set_past_the_rule_limit_is_refused(impl):
+    ruleset = load_ruleset(ruleset_text(*[rule("payer_day_count", f"r{index}", limit=1)
+                                          for index in range(limits.RULES_PER_SET_MAX)]))
+    engine = impl.RuleEngine(ruleset)
+    too_many = dataclasses.replace(ruleset, rules=ruleset.rules + ruleset.rules[:1])
+    with pytest.raises(ValueError, match="more than"):
+        engine.reload(too_many)
+    assert engine.evaluate(ctx()).ruleset_hash == ruleset.hash        # the old set stays in force
+    posted(engine, ctx())
+    assert len(engine.evaluate(ctx()).fired) == limits.RULES_PER_SET_MAX

@@ -20,7 +20,7 @@ from core_ext.rules_types import (
     BLOCKLIST_FIELDS, BURST_TIMES, DAY, DAYS_30, EMA_EMPTY_DAYS_MAX, EMA_SHIFT, HISTORY_SHIFT, HOUR,
     JOURNAL_FLAG_QR_DYNAMIC, JOURNAL_FLAG_STRUCTURING_BAND, JOURNAL_RECORD, JOURNAL_VERSION,
     MERCHANT_DAY_NS, MODE_NAMES, PAYEE_FILTER_WORDS, SKETCH_BUCKET_NS, SKETCH_BUCKETS, SKETCH_WORDS,
-    U64_MAX, Action, Decision, Kind, Mode, RuleAction, RuleSet, TableStats, context_problem,
+    U64_MAX, Action, Decision, Kind, Mode, RuleAction, RuleSet, TableStats, check_compiled, context_problem,
     journal_records, mix64, state_digest, table_capacities,
 )
 from core_ext import limits
@@ -212,6 +212,7 @@ class RuleEngine:
         """Swap the whole set; the caller does it between batches. Counters are
         kept (their layout does not depend on the rules); per-rule statistics are
         kept for rules whose id and version did not change."""
+        check_compiled(ruleset)
         old = {(rule.id, rule.version) for rule in self.ruleset.rules}
         self._stats = {rule.id: (self._stats.get(rule.id, [0, 0, 0]) if (rule.id, rule.version) in old
                                  else [0, 0, 0]) for rule in ruleset.rules}
