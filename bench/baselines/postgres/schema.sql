@@ -149,7 +149,7 @@ END $$;
 -- payment, and writes each changed balance once at the end with all payments and legs in three
 -- statements. PostgreSQL keeps every version of a row updated within one transaction, so
 -- updating the fee account once per payment would make each later read walk a chain as long
--- as the batch; writing it once keeps a batch linear in its size.
+-- as the batch; writing it once keeps the cost per payment flat as batches grow.
 CREATE FUNCTION pay_batch(
     p_ids uuid[], p_payer_account_ids bigint[], p_merchant_account_ids bigint[],
     p_fee_account_id bigint, p_amounts_minor bigint[]
