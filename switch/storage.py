@@ -199,7 +199,10 @@ class Storage:
                 component = by_name.get(name)
                 if component is None:
                     raise StorageError(f"{self.path}: batch {sequence} has a '{name}' section and no such component")
-                component.apply_journal(blob)
+                try:
+                    component.apply_journal(blob)
+                except ValueError as error:
+                    raise StorageError(f"{self.path}: batch {sequence} cannot be replayed: {error}") from error
             self.sequence = sequence
         for component in self.components:
             component.take_journal()            # replay is not news: nothing to write back
@@ -249,6 +252,8 @@ class Storage:
                 return
             except lmdb.MapFullError:
                 self._grow_map()
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)         # another process grew the map: adopt its size
             except lmdb.Error as error:
                 raise StorageError(f"{self.path}: commit of batch {sequence} failed: {error}") from error
 

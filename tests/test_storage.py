@@ -103,6 +103,17 @@ def test_an_unknown_journal_section_refuses_the_open(impl, tmp_path):
         Storage.open(tmp_path, [impl.Ledger()])
 
 
+def test_a_journal_the_ledger_cannot_replay_refuses_the_open(impl, tmp_path):
+    ledger = impl.Ledger()
+    with Storage.open(tmp_path, [ledger]) as store:
+        _fill(ledger, batches=1, store=store)
+        with store.env.begin(write=True) as txn:
+            txn.put(storage.encode_sequence(3), msgpack.packb([["ledger", b"\x02truncated"]]), db=store._journal)
+    with pytest.raises(StorageError):
+        Storage.open(tmp_path, [impl.Ledger()])
+    assert not run_check(str(tmp_path))["ok"]
+
+
 def test_checkpoints_are_written_every_interval_and_on_close(impl, tmp_path):
     ledger = impl.Ledger()
     with Storage.open(tmp_path, [ledger], checkpoint_interval_batches=3) as store:
