@@ -107,8 +107,11 @@ async def _connection_loop(dsn: str, payments: Iterator[wl.Payment], payments_pe
             start_ns = time.perf_counter_ns()
             codes = await _post(statement, batch)
             recorder.record(batch, codes, start_ns, time.perf_counter_ns())
-    finally:
-        await connection.close()
+    except BaseException:
+        # Failed or cancelled mid-call: a graceful close would trip over the call in progress.
+        connection.terminate()
+        raise
+    await connection.close()
 
 
 async def _run_load(dsn: str, workload: wl.Workload, arguments: argparse.Namespace) -> Recorder:
@@ -117,9 +120,17 @@ async def _run_load(dsn: str, workload: wl.Workload, arguments: argparse.Namespa
     measure_start_ns = start_ns + int(arguments.warmup * 1e9)
     recorder = Recorder(measure_start_ns)
     end_ns = measure_start_ns + int(arguments.duration * 1e9)
-    async with asyncio.TaskGroup() as group:
-        for _ in range(arguments.connections):
-            group.create_task(_connection_loop(dsn, payments, arguments.payments_per_call, recorder, end_ns))
+    loops = [asyncio.ensure_future(_connection_loop(dsn, payments, arguments.payments_per_call, recorder, end_ns))
+             for _ in range(arguments.connections)]
+    try:
+        await asyncio.gather(*loops)
+    except BaseException:
+        # One connection failed: stop the others before the cluster goes away under them.
+        # (asyncio.TaskGroup does this, but the project supports Python 3.10.)
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        raise
     return recorder
 
 
