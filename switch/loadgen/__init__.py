@@ -1,0 +1,40 @@
+"""The load generator behind `switch bench`: load a running switch the way wallets would.
+
+    model.py      the shared payment model (payers, Zipf-skewed merchants, amounts, retries),
+                  draw for draw the PostgreSQL baseline's
+    fixture.py    the switch config (switch.toml) and workload file (workload.json) for N payers / M merchants
+    stream.py     the QR layer: each base payment as an encoded `pay` item of some kind
+    frames.py     frames pre-encoded per connection; sending is slicing
+    connection.py one connection: handshake, sends, answers read by a streaming Unpacker
+    runner.py     connections over processes; closed and open loop; warm-up, measure, drain
+    recorder.py   HDR histograms per interval, codes; merged across processes
+    report.py     the JSON report, the summary, compare
+    plot.py       latency over time and the percentile curve (matplotlib)
+    echo.py       a trivial peer to measure the generator's own ceiling
+    e2e.py        the one-command run: fixture, `switch serve` subprocess, load, report
+
+`run_load` is the whole run for callers (the CLI, bench/load, tests).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from switch.loadgen import recorder, report, runner
+from switch.loadgen.runner import RunSettings
+from switch.loadgen.stream import StreamBuilder
+
+STREAM_ITEMS_DEFAULT = 400_000
+
+__all__ = ["RunSettings", "run_load", "STREAM_ITEMS_DEFAULT"]
+
+
+def run_load(workload: dict, settings: RunSettings, *, stream_items: int = STREAM_ITEMS_DEFAULT,
+             target: str = "switch", durability: str = "unknown", build_mode: str = "unknown",
+             progress: Callable[[float, str, int], None] | None = None) -> dict:
+    """Build the stream, run it against settings.host:port, and return the report (a dict)."""
+    settings.check()
+    items = StreamBuilder(workload).take(runner.items_needed(settings, stream_items))
+    plans = runner.plan_connections(workload, items, settings.connections)
+    exports = runner.run(settings, plans, progress)
+    merged = recorder.merge(exports)
+    return report.build(merged, settings, workload, target, durability, build_mode, recorder.INTERVAL_S)

@@ -1,0 +1,203 @@
+"""One generator connection: handshake, then pre-encoded frames out, answers counted in.
+
+Answers are read with a streaming msgpack Unpacker that decodes only what the generator needs
+-- the request id and the code (and each item's code in a `pay_batch` answer) -- and skips the
+rest.  The switch answers in request order on a connection (docs/PROTOCOL.md 3), so the n-th
+answer belongs to the n-th frame sent; the request id is checked against that, not looked up.
+Latency of a frame = arrival of its answer - its send time, where the send time is the moment
+it was *due* in open loop (intended time: no coordinated omission) and the moment of the write
+that carried it in closed loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+import msgpack
+
+from core_ext import limits
+from core_ext.codes import Code
+from switch import protocol
+from switch.loadgen.frames import FrameRing
+from switch.loadgen.recorder import Recorder
+
+_PREFIX_BYTES = protocol.LENGTH_PREFIX_BYTES
+_BIG = "big"
+
+
+class LoadConnection(asyncio.Protocol):
+    """The bytes of one connection; a Runner decides when to send."""
+
+    def __init__(self, ring: FrameRing, participant_id: int, secret: bytes, recorder: Recorder,
+                 on_answers=None) -> None:
+        self.ring = ring
+        self.participant_id, self.secret = participant_id, secret
+        self.recorder = recorder
+        self.on_answers = on_answers          # called with the connection after each read
+        self.batch = ring.items_per_frame > 1
+        self.unpacker = msgpack.Unpacker(
+            raw=False, max_str_len=limits.STRING_BYTES_MAX, max_bin_len=limits.BIN_BYTES_MAX,
+            max_array_len=limits.ARRAY_ITEMS_MAX, max_map_len=limits.MAP_ENTRIES_MAX, max_ext_len=0)
+        self.buffered_bytes = 0
+        self.frame_bytes: int | None = None   # length of a frame whose prefix was read, body not yet here
+        self.transport: asyncio.Transport | None = None
+        self.ready = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.get_running_loop().create_future()
+        self.handshaking = True
+        self.next_frame = 0                    # ring index of the next frame to send
+        self.sent_frames = 0                   # ever, across wraps
+        self.answered_frames = 0
+        # Send groups, oldest first: [send_ns, frames_left]; an answer belongs to the oldest group.
+        self.groups: collections.deque[list[int]] = collections.deque()
+        self.expected_request_id = 1
+
+    # ---- asyncio ------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed during the handshake: {exc}"))
+        elif self.in_flight_frames():
+            self.recorder.errors.append(f"connection lost with {self.in_flight_frames()} frames unanswered: {exc}")
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.unpacker.feed(data)
+        self.buffered_bytes += len(data)
+        if self.handshaking:
+            self._handshake()
+            return
+        try:
+            self._read_answers(time.monotonic_ns())
+        except (ValueError, msgpack.UnpackException) as error:
+            self.recorder.errors.append(f"bad answer from the switch: {error!r}")
+            self.transport.abort()
+            return
+        if self.on_answers is not None:
+            self.on_answers(self)
+
+    # ---- handshake -----------------------------------------------------------------
+
+    def _next_object(self):
+        """One whole frame's object during the handshake (rare: decode it all)."""
+        if self.frame_bytes is None:
+            if self.buffered_bytes < _PREFIX_BYTES:
+                return None
+            self.frame_bytes = int.from_bytes(self.unpacker.read_bytes(_PREFIX_BYTES), _BIG)
+            self.buffered_bytes -= _PREFIX_BYTES
+        if self.buffered_bytes < self.frame_bytes:
+            return None
+        self.buffered_bytes -= self.frame_bytes
+        self.frame_bytes = None
+        return self.unpacker.unpack()
+
+    def _handshake(self) -> None:
+        while (message := self._next_object()) is not None:
+            if isinstance(message, list) and message and message[0] == "challenge":
+                _, _, nonce = protocol.decode_challenge(message)
+                self.transport.write(protocol.pack_frame(protocol.auth_message(self.participant_id, self.secret, nonce)))
+            elif isinstance(message, list) and len(message) == 3 and message[:2] == [0, Code.OK]:
+                self.handshaking = False
+                self.ready.set_result(message[2])
+            else:
+                code = message[1] if isinstance(message, list) and len(message) == 3 else Code.MALFORMED_HANDSHAKE
+                self.ready.set_exception(ConnectionError(f"handshake refused: {Code(code).name}"))
+                self.transport.close()
+                return
+
+    # ---- sending ---------------------------------------------------------------------
+
+    def in_flight_frames(self) -> int:
+        return self.sent_frames - self.answered_frames
+
+    def send(self, count: int, send_ns: int) -> None:
+        """Send the next `count` frames, as one write (two when the ring wraps), stamped `send_ns`."""
+        ring = self.ring
+        while count:
+            taken = ring.span(self.next_frame, count)
+            self.transport.write(ring.take(self.next_frame, taken))
+            self.next_frame += taken
+            if self.next_frame == ring.frame_count:
+                self.next_frame = 0
+                ring.wrapped()
+                self.recorder.wraps += 1
+            count -= taken
+            self.sent_frames += taken
+            self.groups.append([send_ns, taken])
+
+    def send_scheduled(self, count: int, first_due_ns: int, interval_ns: int, now_ns: int) -> None:
+        """Open loop: send `count` frames that fell due every `interval_ns` from `first_due_ns`;
+        each is stamped with the moment it was due, so a late send counts in its latency."""
+        groups_before = len(self.groups)
+        self.send(count, first_due_ns)
+        # send() made one group per write; split them into one group per frame, each with its due time.
+        for _ in range(len(self.groups) - groups_before):
+            self.groups.pop()
+        for index in range(count):
+            self.groups.append([first_due_ns + index * interval_ns, 1])
+        self.recorder.record_send_lag(now_ns - first_due_ns, count)
+
+    # ---- answers ---------------------------------------------------------------------
+
+    def _read_answers(self, now_ns: int) -> None:
+        """Every complete answer in the buffer: check its id, count its codes, record latency."""
+        unpacker, recorder, groups = self.unpacker, self.recorder, self.groups
+        by_code = recorder.by_code
+        items = self.ring.items_per_frame
+        run_frames, run_group = 0, None
+        while True:
+            length = self.frame_bytes
+            if length is None:
+                if self.buffered_bytes < _PREFIX_BYTES:
+                    break
+                length = int.from_bytes(unpacker.read_bytes(_PREFIX_BYTES), _BIG)
+                self.buffered_bytes -= _PREFIX_BYTES
+            if self.buffered_bytes < length:
+                self.frame_bytes = length
+                break
+            self.frame_bytes = None
+            self.buffered_bytes -= length
+            unpacker.read_array_header()
+            request_id = unpacker.unpack()
+            code = unpacker.unpack()
+            if request_id == protocol.CONNECTION_REQUEST_ID:
+                # About the connection itself (e.g. SHUTTING_DOWN); not an answer to a frame.
+                unpacker.skip()
+                recorder.errors.append(f"switch says {Code(code).name} about the connection")
+                continue
+            group = groups[0]
+            measured = recorder.measure_start_ns <= group[0] < recorder.measure_end_ns
+            if self.batch and code == Code.OK:
+                for _ in range(unpacker.read_array_header()):
+                    unpacker.read_array_header()
+                    item_code = unpacker.unpack()
+                    unpacker.skip()
+                    if measured:
+                        by_code[item_code] += 1
+            else:
+                unpacker.skip()
+                if measured:
+                    by_code[code] += items
+            if request_id != self.expected_request_id:
+                recorder.errors.append(f"answer {request_id} where {self.expected_request_id} was due")
+            self.expected_request_id = request_id % self.ring.frame_count + 1
+            self.answered_frames += 1
+            if group is not run_group:
+                if run_frames:
+                    self._record(run_group, now_ns, run_frames * items)
+                run_group, run_frames = group, 0
+            run_frames += 1
+            group[1] -= 1
+            if not group[1]:
+                groups.popleft()
+        if run_frames:
+            self._record(run_group, now_ns, run_frames * items)
+
+    def _record(self, group: list[int], now_ns: int, payment_count: int) -> None:
+        self.recorder.completed_total += payment_count
+        if self.recorder.measure_start_ns <= group[0] < self.recorder.measure_end_ns:
+            self.recorder.record(group[0], now_ns - group[0], payment_count)
