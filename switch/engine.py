@@ -317,23 +317,32 @@ class Engine:
         return self.merchants.check_and_consume(qr, item.qr_payload, amount_minor, now_ns // NS_PER_SECOND)
 
     def _queue_legs(self, context: PaymentContext, decision: Decision, slot: list, index: int) -> None:
-        pending = TransferFlags.PENDING if decision.outcome == REVIEW else 0
+        """Approved: payer->merchant linked to merchant->fee, all or nothing.  Held for review:
+        only the payer->merchant leg, pending (a reservation); the fee leg is posted with it
+        when an operator posts it (see _pending), since a merchant cannot pay a fee out of
+        credits that are still pending."""
         item, merchant = context.item, context.merchant
+        held = decision.outcome == REVIEW
         legs = [Transfer(
             id=item.transfer_id, debit_account_id=item.payer_account_id, credit_account_id=merchant.account_id,
-            amount=context.amount_minor, ledger=context.ledger, code=TRANSFER_CODE_PAYMENT, flags=int(pending),
+            amount=context.amount_minor, ledger=context.ledger, code=TRANSFER_CODE_PAYMENT,
+            flags=int(TransferFlags.PENDING) if held else 0,
             user_data_64=context.participant.id, user_data_32=_mcc_number(merchant.mcc))]
-        if context.fee_minor:
-            ledger_config = self.config.ledgers[context.ledger]
+        if context.fee_minor and not held:
             legs[0].flags |= int(TransferFlags.LINKED)
-            legs.append(Transfer(
-                id=fee_id_for(item.transfer_id), debit_account_id=merchant.account_id,
-                credit_account_id=ledger_config.fee_account_id, amount=context.fee_minor, ledger=context.ledger,
-                code=TRANSFER_CODE_MERCHANT_FEE, flags=int(pending), user_data_64=context.participant.id))
+            legs.append(self._fee_leg(item.transfer_id, merchant.account_id, context.ledger, context.fee_minor,
+                                      context.participant.id))
         detail = [context.amount_minor, context.fee_minor, context.ledger, merchant.name]
         self._group_payments.append(_PendingPayment(slot, index, len(self._group), len(legs), decision, detail))
         self._group.extend(legs)
         self._group_ids.add(item.transfer_id)
+
+    def _fee_leg(self, payment_id: int, merchant_account_id: int, ledger: int, fee_minor: int,
+                 participant_id: int) -> Transfer:
+        return Transfer(
+            id=fee_id_for(payment_id), debit_account_id=merchant_account_id,
+            credit_account_id=self.config.ledgers[ledger].fee_account_id, amount=fee_minor, ledger=ledger,
+            code=TRANSFER_CODE_MERCHANT_FEE, user_data_64=participant_id)
 
     def _flush_payments(self, now_ns: int) -> None:
         if not self._group:
@@ -404,29 +413,38 @@ class Engine:
         return Outcome(Code.OK, [int(code) for code in self.ledger.create_accounts(accounts, now_ns)])
 
     def _pending(self, participant: Participant, items: list[PendingItem], now_ns: int, flag: int) -> Outcome:
-        """post_pending / void_pending: the legs are copied from the pending transfer itself."""
+        """post_pending / void_pending: the legs are copied from the pending transfer itself.
+        Posting a payment held for review posts its merchant fee leg with it, linked."""
         found = self.ledger.lookup_transfers([item.pending_id for item in items])
-        transfers, denied = [], []
-        for item, pending in zip(items, found):
-            visible = pending is not None and (participant.is_operator or participant.owns(pending.debit_account_id))
-            if not visible:
-                # Not yours looks exactly like not there: no one learns another wallet's ids.
-                transfers.append(None)
-                denied.append(True)
-                continue
-            amount = item.amount_minor if flag == TransferFlags.POST_PENDING_TRANSFER and item.amount_minor else pending.amount
-            transfers.append(Transfer(
-                id=item.transfer_id, debit_account_id=pending.debit_account_id,
-                credit_account_id=pending.credit_account_id, amount=amount, ledger=pending.ledger,
-                code=pending.code, flags=int(flag), pending_id=item.pending_id))
-            denied.append(False)
-        allowed = [index for index, is_denied in enumerate(denied) if not is_denied]
         codes = [int(Code.PENDING_TRANSFER_NOT_FOUND)] * len(items)
-        if allowed:
-            results = self.ledger.create_transfers([transfers[i] for i in allowed], now_ns)
-            for index, code in zip(allowed, results):
-                codes[index] = int(code)
+        chains: list[tuple[int, list[Transfer]]] = []
+        for index, (item, pending) in enumerate(zip(items, found)):
+            # Not yours looks exactly like not there: no one learns another wallet's ids.
+            if pending is not None and (participant.is_operator or participant.owns(pending.debit_account_id)):
+                chains.append((index, self._resolution_legs(item, pending, flag)))
+        if chains:
+            results = self.ledger.create_transfers([leg for _, legs in chains for leg in legs], now_ns)
+            position = 0
+            for index, legs in chains:
+                chain_codes = results[position:position + len(legs)]
+                position += len(legs)
+                causes = [code for code in chain_codes if code not in (Code.OK, Code.LINKED_EVENT_FAILED)]
+                codes[index] = int(causes[0] if causes else chain_codes[0])
         return Outcome(Code.OK, codes)
+
+    def _resolution_legs(self, item: PendingItem, pending: Transfer, flag: int) -> list[Transfer]:
+        posting = flag == TransferFlags.POST_PENDING_TRANSFER
+        amount = item.amount_minor if posting and item.amount_minor else pending.amount
+        legs = [Transfer(
+            id=item.transfer_id, debit_account_id=pending.debit_account_id,
+            credit_account_id=pending.credit_account_id, amount=amount, ledger=pending.ledger,
+            code=pending.code, flags=int(flag), pending_id=item.pending_id)]
+        fee_minor = self._fee_of(pending.ledger, amount) if pending.code == TRANSFER_CODE_PAYMENT else 0
+        if posting and fee_minor:
+            legs[0].flags |= int(TransferFlags.LINKED)
+            legs.append(self._fee_leg(pending.id, pending.credit_account_id, pending.ledger, fee_minor,
+                                      pending.user_data_64))
+        return legs
 
     def _post_pending(self, participant: Participant, items: list[PendingItem], now_ns: int) -> Outcome:
         return self._pending(participant, items, now_ns, TransferFlags.POST_PENDING_TRANSFER)
