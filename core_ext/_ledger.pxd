@@ -177,6 +177,7 @@ cdef class Ledger:
     cdef int _history_append(self, int64_t row, uint64_t timestamp) except -1
     cdef int _expire_one(self, int64_t row, uint64_t timestamp) except -1
     cdef ExpiryC _pop_expiry(self) noexcept
+    cdef void _prefetch_transfer(self, const TransferC* t) noexcept
     cdef int _rehash_accounts(self, uint64_t slot_count) except -1
     cdef int _rehash_transfers(self, uint64_t slot_count) except -1
     cdef void _free_state(self) noexcept
