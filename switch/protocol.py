@@ -424,9 +424,15 @@ def response(request_id: int, code: int, result: Any = None) -> list:
 
 # ---- worked examples for docs/PROTOCOL.md ----------------------------------------
 
-EXAMPLE_SECRET = b"demo-wallet-secret-change-me"
+# The demo's Indian wallet (switch/demo/switch.toml) donating at the demo temple.
+EXAMPLE_PARTICIPANT_ID = 3
+EXAMPLE_SECRET = b"demo-bharatwallet-secret-03"
 EXAMPLE_NONCE = bytes(range(NONCE_BYTES))
-EXAMPLE_PAYLOAD = "upi://pay?pa=templefund@okaxis&pn=Shri%20Temple&mc=8661&cu=INR"
+EXAMPLE_PAYER_ACCOUNT_ID = 3001
+EXAMPLE_PAYLOAD = "upi://pay?pa=kashitemple@okaxis&pn=Shri%20Kashi%20Temple%20Trust&mc=8661&cu=INR"
+EXAMPLE_PAY_ARGS = [id_to_wire(1), EXAMPLE_PAYER_ACCOUNT_ID, EXAMPLE_PAYLOAD, 15000, "dev-7", "merit-box"]
+# What the switch answers to it (tests/test_engine_pay.py checks the real engine says exactly this).
+EXAMPLE_PAY_RESULT = [15000, 0, 356, "Shri Kashi Temple Trust"]
 
 
 def hex_dump(data: bytes) -> str:
@@ -445,14 +451,15 @@ def example_frames() -> list[tuple[str, str, bytes]]:
     return [
         ("S->C", "challenge: version 1, server name, 32-byte nonce",
          pack_frame(challenge_message("qr-switch-demo", EXAMPLE_NONCE))),
-        ("C->S", "auth: version 1, participant 1, HMAC-SHA256(secret, nonce)",
-         pack_frame(auth_message(1, EXAMPLE_SECRET, EXAMPLE_NONCE))),
+        ("C->S", "auth: version 1, participant 3, HMAC-SHA256(secret, nonce)",
+         pack_frame(auth_message(EXAMPLE_PARTICIPANT_ID, EXAMPLE_SECRET, EXAMPLE_NONCE))),
         ("S->C", "welcome: request id 0, code 0 (OK), participant and role",
-         pack_frame(response(CONNECTION_REQUEST_ID, Code.OK, {"participant_id": 1, "role": "wallet"}))),
-        ("C->S", "pay: request 1, transfer id 1, payer account 1001, UPI link, 15000 paise, device, reference",
-         pack_frame([1, OP_PAY, [id_to_wire(1), 1001, EXAMPLE_PAYLOAD, 15000, "dev-7", "temple-box"]])),
+         pack_frame(response(CONNECTION_REQUEST_ID, Code.OK,
+                             {"participant_id": EXAMPLE_PARTICIPANT_ID, "role": "wallet"}))),
+        ("C->S", "pay: request 1, transfer id 1, payer account 3001, UPI link, 15000 paise, device, reference",
+         pack_frame([1, OP_PAY, EXAMPLE_PAY_ARGS])),
         ("S->C", "answer: request 1, code 0 (OK), [amount_minor, fee_minor, ledger, merchant name]",
-         pack_frame(response(1, Code.OK, [15000, 0, 356, "Shri Temple"]))),
+         pack_frame(response(1, Code.OK, EXAMPLE_PAY_RESULT))),
     ]
 
 

@@ -194,3 +194,18 @@ def test_garbage_qr_gets_a_qr_code_and_never_reaches_the_ledger(impl):
     (code, detail), = pay(engine, (1, fixtures.PAYER, "not a qr code", 10))
     assert 300 <= code < 400 and detail is None
     assert engine.ledger.lookup_transfers([1]) == [None]
+
+
+def test_the_protocol_documents_worked_example_is_what_the_engine_answers(impl, tmp_path):
+    """docs/PROTOCOL.md's hex dump of a `pay` exchange: the real engine on the demo config."""
+    from switch import demo, protocol
+
+    document = config_module.tomllib.loads((demo.DEMO_DIR / demo.CONFIG_NAME).read_text())
+    document["merchants"] = demo.merchant_registrations()
+    config = config_module.parse(document)
+    ledger, merchants = impl.Ledger(config.accounts_max), MerchantDirectory()
+    engine = Engine(config, impl, ledger, merchants, Storage([ledger, merchants]), clock_ns=lambda: NOW_NS)
+    engine.bootstrap()
+    request = protocol.decode_request(protocol.pack_frame([1, "pay", protocol.EXAMPLE_PAY_ARGS])[4:])
+    outcome, = engine.process_batch([(config.participants[protocol.EXAMPLE_PARTICIPANT_ID], request)])
+    assert outcome == (Code.OK, protocol.EXAMPLE_PAY_RESULT)
