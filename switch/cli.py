@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     ("ledger", "ledger"),
     ("rules", "rules"),
     ("qr", "qr"),
+    ("bench", "bench"),
 ]
 
 

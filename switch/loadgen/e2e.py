@@ -1,0 +1,116 @@
+"""The one-command run: fixture, a fresh `switch serve` on 127.0.0.1, the load, the report, stop.
+
+The run started the switch, so it knows the durability and build mode it ran with and writes
+them into the report (the protocol has no operation that reports them yet).  The switch is
+pinned to one CPU and the generator to the other when the machine has two or more, so the two
+do not fight for a core.  The data directory is fresh per run and removed afterwards; the
+switch is stopped with SIGTERM (graceful) even when the load fails.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Iterator
+
+from switch.loadgen import fixture, run_load
+from switch.loadgen.runner import RunSettings
+
+# Reading a large generated config and funding every wallet takes a while at start-up.
+SERVE_READY_TIMEOUT_S = 300.0
+SERVE_STOP_TIMEOUT_S = 30.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def cpu_split() -> tuple[tuple[int, ...], int | None]:
+    """(generator CPUs, server CPU): the last allowed CPU for the switch, the rest for the load."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return (), None
+    return tuple(cpus[:-1]), cpus[-1]
+
+
+@contextlib.contextmanager
+def serving(config_path: pathlib.Path, durability: str, port: int, cpu: int | None, log_path: pathlib.Path,
+            host: str = "127.0.0.1") -> Iterator[subprocess.Popen]:
+    """`switch serve` in a subprocess with a fresh data dir, until the block ends."""
+    data_dir = pathlib.Path(tempfile.mkdtemp(prefix="switch-bench-data-"))
+    command = [sys.executable, "-m", "switch", "serve", "--config", str(config_path), "--data", str(data_dir),
+               "--host", host, "--port", str(port), "--durability", durability]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None)
+    try:
+        _wait_listening(process, host, port, log_path)
+        yield process
+    finally:
+        _stop(process)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _wait_listening(process: subprocess.Popen, host: str, port: int, log_path: pathlib.Path) -> None:
+    deadline = time.monotonic() + SERVE_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"`switch serve` exited with {process.returncode}:\n{tail}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"`switch serve` did not listen on {host}:{port} within {SERVE_READY_TIMEOUT_S} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(SERVE_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def build_mode() -> str:
+    """The core the spawned switch loads: this same tree's (`compiled/release`, ...)."""
+    import core_ext
+    info = core_ext.core.build_info()
+    return f"{info['implementation']}/{info['mode']}"
+
+
+def run_e2e(directory: str | pathlib.Path, spec: fixture.FixtureSpec, settings: RunSettings, durability: str,
+            stream_items: int, progress=None) -> dict:
+    """Generate (or reuse) the fixture in `directory`, serve it, load it; returns the report."""
+    directory = pathlib.Path(directory)
+    config_path, workload_path = directory / "switch.toml", directory / "workload.json"
+    if not _fixture_matches(workload_path, spec):
+        config_path, workload_path = fixture.write_fixture(directory, spec)
+    workload = fixture.load_workload(workload_path)
+    generator_cpus, server_cpu = cpu_split()
+    port = free_port(settings.host)
+    settings = RunSettings(**{**settings.__dict__, "port": port, "cpus": settings.cpus or generator_cpus})
+    with serving(config_path, durability, port, server_cpu, directory / "serve.log", settings.host):
+        return run_load(workload, settings, stream_items=stream_items, target="switch", durability=durability,
+                        build_mode=build_mode(), progress=progress)
+
+
+def _fixture_matches(workload_path: pathlib.Path, spec: fixture.FixtureSpec) -> bool:
+    if not workload_path.exists() or not workload_path.with_name("switch.toml").exists():
+        return False
+    try:
+        workload = fixture.load_workload(workload_path)
+    except ValueError:
+        return False
+    return (workload["seed"], workload["payers"], workload["merchants"], len(workload["wallets"])) == (
+        spec.seed, spec.payer_count, spec.merchant_count, spec.wallet_count)
