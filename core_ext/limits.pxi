@@ -17,6 +17,7 @@ cdef extern from *:
     #define LIMIT_MAP_ENTRIES_MAX 32ULL
     #define LIMIT_ARRAY_ITEMS_MAX 8192ULL
     #define LIMIT_IN_FLIGHT_REQUESTS_MAX 1024ULL
+    #define LIMIT_IN_FLIGHT_BYTES_MAX 16777216ULL
     #define LIMIT_CONNECTIONS_MAX 1024ULL
     #define LIMIT_WRITE_BUFFER_BYTES_HIGH 1048576ULL
     #define LIMIT_WRITE_STALL_MS_MAX 5000ULL
@@ -73,6 +74,7 @@ cdef extern from *:
     const unsigned long long LIMIT_MAP_ENTRIES_MAX
     const unsigned long long LIMIT_ARRAY_ITEMS_MAX
     const unsigned long long LIMIT_IN_FLIGHT_REQUESTS_MAX
+    const unsigned long long LIMIT_IN_FLIGHT_BYTES_MAX
     const unsigned long long LIMIT_CONNECTIONS_MAX
     const unsigned long long LIMIT_WRITE_BUFFER_BYTES_HIGH
     const unsigned long long LIMIT_WRITE_STALL_MS_MAX

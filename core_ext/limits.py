@@ -46,8 +46,10 @@ MAP_ENTRIES_MAX = 32
 # ... and every array: a decoder-level bound; the schema bounds a batch tighter
 # (batch_frame_items_max, answered TOO_MANY_ITEMS).
 ARRAY_ITEMS_MAX = 8192
-# Requests a connection may have unanswered; the server stops reading past it.
+# Requests a connection may have unanswered; the server stops reading past it ...
 IN_FLIGHT_REQUESTS_MAX = 1024
+# ... or past this many bytes of their frames, so a connection's memory is bounded by bytes too.
+IN_FLIGHT_BYTES_MAX = 16 << 20
 # Connections the server holds at once; one more is answered and closed.
 CONNECTIONS_MAX = 1024
 # Unsent response bytes per connection before the server stops reading from it ...

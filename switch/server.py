@@ -11,6 +11,7 @@ next one.  Answers on one connection go out in request order.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import ssl as ssl_module
@@ -37,6 +38,7 @@ class ServerLimits:
 
     def __init__(self, connections_max: int = limits.CONNECTIONS_MAX,
                  in_flight_requests_max: int = limits.IN_FLIGHT_REQUESTS_MAX,
+                 in_flight_bytes_max: int = limits.IN_FLIGHT_BYTES_MAX,
                  write_buffer_bytes_high: int = limits.WRITE_BUFFER_BYTES_HIGH,
                  write_stall_ms_max: int = limits.WRITE_STALL_MS_MAX,
                  handshake_timeout_ms: int = limits.HANDSHAKE_TIMEOUT_MS,
@@ -44,6 +46,7 @@ class ServerLimits:
                  frame_bytes_max: int = limits.FRAME_BYTES_MAX) -> None:
         self.connections_max = connections_max
         self.in_flight_requests_max = in_flight_requests_max
+        self.in_flight_bytes_max = in_flight_bytes_max
         self.write_buffer_bytes_high = write_buffer_bytes_high
         self.write_stall_ms_max = write_stall_ms_max
         self.handshake_timeout_ms = handshake_timeout_ms
@@ -63,6 +66,9 @@ class Connection(asyncio.BufferedProtocol):
         self.participant: Participant | None = None
         self.nonce = protocol.new_nonce()
         self.in_flight = 0
+        # Frame sizes of the unanswered requests, oldest first (answers come in order).
+        self.in_flight_sizes: collections.deque[int] = collections.deque()
+        self.in_flight_bytes = 0
         self.reading_paused = False
         self.writing_paused = False
         self.closing_code: int | None = None   # a fatal error waiting for earlier answers
@@ -126,7 +132,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _drain_frames(self, ignore_in_flight_limit: bool = False) -> None:
         while self.state in (HANDSHAKE, OPEN) and self.closing_code is None:
-            if self.in_flight >= self.limits.in_flight_requests_max and not ignore_in_flight_limit:
+            if self._in_flight_full() and not ignore_in_flight_limit:
                 self._pause_reading()
                 return
             try:
@@ -139,7 +145,7 @@ class Connection(asyncio.BufferedProtocol):
             if self.state == HANDSHAKE:
                 self._authenticate(body)
             else:
-                self._submit(protocol.decode_request(body))
+                self._submit(protocol.decode_request(body), len(body))
 
     def _authenticate(self, body: bytes) -> None:
         try:
@@ -159,14 +165,24 @@ class Connection(asyncio.BufferedProtocol):
         welcome = {"participant_id": participant.id, "role": participant.role}
         self.transport.write(protocol.pack_frame(protocol.response(protocol.CONNECTION_REQUEST_ID, Code.OK, welcome)))
 
-    def _submit(self, request: Request) -> None:
+    def _submit(self, request: Request, frame_bytes: int) -> None:
         self.in_flight += 1
+        self.in_flight_sizes.append(frame_bytes)
+        self.in_flight_bytes += frame_bytes
         self.server.submit(self, request)
+
+    def _in_flight_full(self) -> bool:
+        """Unanswered requests bound both in count and in bytes: a connection can hold at most
+        in_flight_bytes_max (plus one frame) of the server's memory, whatever its frames hold."""
+        return (self.in_flight >= self.limits.in_flight_requests_max
+                or self.in_flight_bytes >= self.limits.in_flight_bytes_max)
 
     # ---- answers and errors ------------------------------------------------------------
 
     def answered(self, count: int) -> None:
         self.in_flight -= count
+        for _ in range(count):
+            self.in_flight_bytes -= self.in_flight_sizes.popleft()
         if self.closing_code is not None and self.in_flight == 0:
             self._close_with(self.closing_code)
             return
@@ -213,7 +229,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _maybe_resume_reading(self) -> None:
         if (self.reading_paused and self.state in (HANDSHAKE, OPEN) and not self.writing_paused
-                and self.closing_code is None and self.in_flight < self.limits.in_flight_requests_max):
+                and self.closing_code is None and not self._in_flight_full()):
             self.reading_paused = False
             self.transport.resume_reading()
             # Frames that arrived while paused are already in the buffer.

@@ -311,3 +311,19 @@ class TestLimits:
                 await assert_still_serving(port)
                 writer.transport.abort()
         run_on(loop_kind, body)
+
+
+class TestInFlightBytes:
+    def test_in_flight_bytes_limit_pauses_reading_and_everything_is_answered(self, loop_kind, config):
+        async def body():
+            engine = EngineDouble(delay_seconds=0.002)
+            # Each lookup frame is ~5 KiB, past the 4 KiB bound: one request in flight at a time.
+            async with running(engine, config, in_flight_bytes_max=4096) as (_, port):
+                raw = await Raw.authenticated(port)
+                frame = [0, "lookup_accounts", list(range(100_000, 101_000))]
+                raw.send_bytes(b"".join(protocol.pack_frame([i] + frame[1:]) for i in range(1, 41)))
+                answers = [await raw.frame() for _ in range(40)]
+                assert [answer[0] for answer in answers] == list(range(1, 41))
+                assert max(engine.batches) == 1
+                await raw.close()
+        run_on(loop_kind, body)
