@@ -48,3 +48,46 @@ def test_demo_serves_tells_its_story_takes_a_payment_and_stops_on_sigterm(tmp_pa
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_switch_serve_and_switch_pay_from_the_command_line(tmp_path):
+    """`switch serve` until SIGINT, and a person at a terminal paying with `switch pay`."""
+    from switch import demo
+
+    demo_data = tmp_path / "var"
+    config_path = demo.prepare_config(demo_data)
+    payloads = demo.make_payloads(demo_data)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "switch", "serve", "--config", str(config_path), "--data", str(tmp_path / "lmdb"),
+         "--port", "0", "--durability", "os", "--loop", "asyncio"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", read_until(server, "listening on")).group(1)
+        base = [sys.executable, "-m", "switch", "pay", "--port", port, "--participant", "3",
+                "--secret", "demo-bharatwallet-secret-03", "--qr", "@" + str(demo_data / "qr" / "temple-varanasi.txt")]
+        paid = subprocess.run(base + ["--payer", "3001", "--amount", "10100", "--transfer-id", "ab" * 16],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert paid.returncode == 0, paid.stdout + paid.stderr
+        assert "OK: paid 10100 minor units (currency 356) to Shri Kashi Temple Trust" in paid.stdout
+        retried = subprocess.run(base + ["--payer", "3001", "--amount", "10100", "--transfer-id", "ab" * 16],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert retried.returncode == 0 and "EXISTS" in retried.stdout
+        refused = subprocess.run(base + ["--payer", "1001", "--amount", "100"], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=60)
+        assert refused.returncode == 1 and "ACCOUNT_NOT_OWNED (503)" in refused.stdout
+        assert payloads["temple-varanasi"].startswith("upi://pay?")
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_switch_serve_refuses_a_bad_config_with_a_clear_message(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[participants]]\nid = 1\nrole = "king"\nsecret = "0123456789abcdef0123"\n')
+    result = subprocess.run([sys.executable, "-m", "switch", "serve", "--config", str(bad), "--data", str(tmp_path / "d")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "participants[0].role" in result.stderr
