@@ -192,6 +192,60 @@ cdef inline bint _u128(object value, uint64_t* lo, uint64_t* hi):
     return True
 
 
+# ---- reading a Transfer's fields without attribute lookups ----------------------
+# Transfer is a slots dataclass: each field is a member descriptor holding the
+# offset of its slot in the instance.  For an object whose type is exactly
+# Transfer, reading the slot directly skips the attribute machinery (the larger
+# part of converting a transfer); any other object is read with getattr.
+
+cdef extern from "structmember.h":
+    ctypedef struct PyMemberDef:
+        Py_ssize_t offset
+
+cdef extern from "Python.h":
+    ctypedef struct PyObject
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    ctypedef struct PyTypeObject
+    PyTypeObject* Py_TYPE(object value)
+    PyTypeObject* PyMemberDescr_Type_ptr "(&PyMemberDescr_Type)"
+
+cdef enum:
+    FIELD_TIMESTAMP, FIELD_ID, FIELD_FLAGS, FIELD_DEBIT_ACCOUNT_ID, FIELD_CREDIT_ACCOUNT_ID, FIELD_PENDING_ID,
+    FIELD_USER_DATA_128, FIELD_USER_DATA_64, FIELD_USER_DATA_32, FIELD_LEDGER, FIELD_CODE, FIELD_AMOUNT,
+    FIELD_TIMEOUT, TRANSFER_FIELD_COUNT
+
+cdef tuple TRANSFER_FIELD_NAMES = (
+    "timestamp", "id", "flags", "debit_account_id", "credit_account_id", "pending_id", "user_data_128",
+    "user_data_64", "user_data_32", "ledger", "code", "amount", "timeout")
+cdef Py_ssize_t transfer_slot_offsets[TRANSFER_FIELD_COUNT]
+cdef PyTypeObject* transfer_type = NULL
+
+
+cdef void _learn_transfer_slots() noexcept:
+    """Record each field's slot offset; on any surprise keep the getattr path for every object."""
+    global transfer_type
+    cdef int field
+    for field in range(TRANSFER_FIELD_COUNT):
+        descriptor = Transfer.__dict__.get(TRANSFER_FIELD_NAMES[field])
+        if descriptor is None or Py_TYPE(descriptor) != PyMemberDescr_Type_ptr:
+            return
+        transfer_slot_offsets[field] = (<PyMemberDescrObject*>descriptor).d_member.offset
+    transfer_type = Py_TYPE(Transfer.__new__(Transfer))
+
+
+_learn_transfer_slots()
+
+
+cdef inline object _transfer_field(object t, int field):
+    cdef PyObject* value
+    if Py_TYPE(t) == transfer_type:
+        value = (<PyObject**>((<char*><PyObject*>t) + transfer_slot_offsets[field]))[0]
+        if value != NULL:
+            return <object>value
+    return getattr(t, TRANSFER_FIELD_NAMES[field])
+
+
 cdef inline bint _uint_at_most(object value, uint64_t maximum, uint64_t* out):
     return _u64(value, out) and out[0] <= maximum
 
@@ -240,34 +294,36 @@ cdef int _transfer_from_python(object t, TransferC* out):
     """The checks on a transfer's fields, in the twin's order; fills `out` when they pass."""
     cdef uint64_t value
     memset(out, 0, sizeof(TransferC))
-    if not _u64(t.timestamp, &out.timestamp) or out.timestamp != 0:
+    if not _u64(_transfer_field(t, FIELD_TIMESTAMP), &out.timestamp) or out.timestamp != 0:
         return CODE_TIMESTAMP_MUST_BE_ZERO
-    if not _u128(t.id, &out.id_lo, &out.id_hi):
+    if not _u128(_transfer_field(t, FIELD_ID), &out.id_lo, &out.id_hi):
         return CODE_FIELD_OUT_OF_RANGE
     if out.id_lo == 0 and out.id_hi == 0:
         return CODE_ID_MUST_NOT_BE_ZERO
     if out.id_lo == LEDGER_U64_MAX and out.id_hi == LEDGER_U64_MAX:
         return CODE_ID_MUST_NOT_BE_INT_MAX
-    if not _uint_at_most(t.flags, 0xFFFF, &value) or value & ~(<uint64_t>TRANSFER_FLAGS_KNOWN):
+    if (not _uint_at_most(_transfer_field(t, FIELD_FLAGS), 0xFFFF, &value)
+            or value & ~(<uint64_t>TRANSFER_FLAGS_KNOWN)):
         return CODE_RESERVED_FLAG
     out.flags = <uint16_t>value
-    if not (_u64(t.debit_account_id, &out.debit_account_id) and _u64(t.credit_account_id, &out.credit_account_id)
-            and _u128(t.pending_id, &out.pending_id_lo, &out.pending_id_hi)
-            and _u128(t.user_data_128, &out.user_data_128_lo, &out.user_data_128_hi)
-            and _u64(t.user_data_64, &out.user_data_64)):
+    if not (_u64(_transfer_field(t, FIELD_DEBIT_ACCOUNT_ID), &out.debit_account_id)
+            and _u64(_transfer_field(t, FIELD_CREDIT_ACCOUNT_ID), &out.credit_account_id)
+            and _u128(_transfer_field(t, FIELD_PENDING_ID), &out.pending_id_lo, &out.pending_id_hi)
+            and _u128(_transfer_field(t, FIELD_USER_DATA_128), &out.user_data_128_lo, &out.user_data_128_hi)
+            and _u64(_transfer_field(t, FIELD_USER_DATA_64), &out.user_data_64)):
         return CODE_FIELD_OUT_OF_RANGE
-    if not _uint_at_most(t.user_data_32, 0xFFFFFFFF, &value):
+    if not _uint_at_most(_transfer_field(t, FIELD_USER_DATA_32), 0xFFFFFFFF, &value):
         return CODE_FIELD_OUT_OF_RANGE
     out.user_data_32 = <uint32_t>value
-    if not _uint_at_most(t.ledger, 0xFFFFFFFF, &value):
+    if not _uint_at_most(_transfer_field(t, FIELD_LEDGER), 0xFFFFFFFF, &value):
         return CODE_FIELD_OUT_OF_RANGE
     out.ledger = <uint32_t>value
-    if not _uint_at_most(t.code, 0xFFFF, &value):
+    if not _uint_at_most(_transfer_field(t, FIELD_CODE), 0xFFFF, &value):
         return CODE_FIELD_OUT_OF_RANGE
     out.code = <uint16_t>value
-    if not _uint_at_most(t.amount, LIMIT_AMOUNT_MINOR_MAX, &out.amount):
+    if not _uint_at_most(_transfer_field(t, FIELD_AMOUNT), LIMIT_AMOUNT_MINOR_MAX, &out.amount):
         return CODE_AMOUNT_MUST_NOT_EXCEED_BALANCE_MAX
-    if not _uint_at_most(t.timeout, LIMIT_TIMEOUT_SECONDS_MAX, &value):
+    if not _uint_at_most(_transfer_field(t, FIELD_TIMEOUT), LIMIT_TIMEOUT_SECONDS_MAX, &value):
         return CODE_TIMEOUT_MUST_NOT_EXCEED_MAX
     out.timeout = <uint32_t>value
     return 0
@@ -783,7 +839,7 @@ cdef class Ledger:
         cdef uint16_t* results = self.scratch_results
         for index in range(count):
             transfer = transfers[index]
-            self.scratch_linked[index] = _is_linked(transfer.flags)
+            self.scratch_linked[index] = _is_linked(_transfer_field(transfer, FIELD_FLAGS))
             self.scratch_codes[index] = _transfer_from_python(transfer, &self.scratch_transfers[index])
         self._run_batch(True, self.scratch_transfers, self.scratch_codes, self.scratch_linked, count, results,
                         now_ns)

@@ -352,3 +352,36 @@ def test_a_corrupt_journal_is_refused(impl):
         impl.Ledger().apply_journal(b"\x07garbage")
     with pytest.raises(ValueError):
         impl.Ledger().apply_journal(b"\x02short")
+
+
+class _TransferLike:
+    """Not a Transfer: the compiled core reads it by attribute instead of by slot."""
+
+    def __init__(self, transfer: Transfer):
+        for field in Transfer.__dataclass_fields__:
+            setattr(self, field, getattr(transfer, field))
+
+
+def test_objects_shaped_like_transfers_get_the_same_results_as_transfers(impl):
+    events = [T(1, PLAIN, OTHER, 10), T(2, PLAIN, PLAIN, 10), T(3, PLAIN, OTHER, 10, code=2**16),
+              T(4, PLAIN, OTHER, 5, flags=LINKED), T(5, PLAIN, OTHER, 0)]
+    results = []
+    for wrap in (lambda t: t, _TransferLike):
+        ledger = impl.Ledger(accounts_max=10)
+        ledger.create_accounts([Account(PLAIN, 1, 1), Account(OTHER, 1, 1)], NOW_NS)
+        results.append((ledger.create_transfers([wrap(t) for t in events], NOW_NS), ledger.state_hash()))
+    assert results[0] == results[1]
+    assert results[0][0] == [0, Code.ACCOUNTS_MUST_BE_DIFFERENT, Code.FIELD_OUT_OF_RANGE, Code.LINKED_EVENT_FAILED,
+                             Code.AMOUNT_MUST_NOT_BE_ZERO]
+
+
+def test_an_object_missing_a_field_is_a_programming_error(impl):
+    broken = _TransferLike(T(1, PLAIN, OTHER, 10))
+    del broken.amount
+    ledger = impl.Ledger()
+    ledger.create_accounts([Account(PLAIN, 1, 1), Account(OTHER, 1, 1)], NOW_NS)
+    before = ledger.state_hash()
+    with pytest.raises(AttributeError):
+        ledger.create_transfers([T(7, PLAIN, OTHER, 10), broken], NOW_NS)
+    assert ledger.state_hash() == before, "nothing of a refused batch is applied"
+    assert ledger.take_journal() is not None and ledger.take_journal() is None

@@ -217,6 +217,8 @@ class Ledger:
         if len(events) > limits.BATCH_EVENTS_MAX:
             return [int(Code.BATCH_TOO_LARGE)] * len(events)
         _check_now(now_ns)
+        for event in events:
+            _require_fields(event)
         results = [0] * len(events)
         chain_start = 0
         chain_failed = False
@@ -650,6 +652,13 @@ def check_accounts(accounts) -> list[str]:
         if debits_pending != credits_pending:
             violations.append(f"ledger {ledger}: debits_pending {debits_pending} != credits_pending {credits_pending}")
     return violations
+
+
+def _require_fields(event) -> None:
+    """An event missing a field is a programming error, raised before anything is applied."""
+    fields = Transfer.__dataclass_fields__ if hasattr(event, "debit_account_id") else Account.__dataclass_fields__
+    for field in fields:
+        getattr(event, field)
 
 
 def _check_now(now_ns) -> None:
