@@ -25,6 +25,7 @@ cdef extern from *:
     #define LIMIT_RATE_ITEMS_PER_SECOND 200000ULL
     #define LIMIT_RATE_BURST_ITEMS 400000ULL
     #define LIMIT_SERVER_BATCH_EVENTS_MAX 8190ULL
+    #define LIMIT_SERVER_QUEUE_EVENTS_MAX 131040ULL
     #define LIMIT_RULES_PER_SET_MAX 64ULL
     #define LIMIT_RULES_CONFIG_BYTES_MAX 4194304ULL
     #define LIMIT_RULES_NAME_BYTES_MAX 64ULL
@@ -82,6 +83,7 @@ cdef extern from *:
     const unsigned long long LIMIT_RATE_ITEMS_PER_SECOND
     const unsigned long long LIMIT_RATE_BURST_ITEMS
     const unsigned long long LIMIT_SERVER_BATCH_EVENTS_MAX
+    const unsigned long long LIMIT_SERVER_QUEUE_EVENTS_MAX
     const unsigned long long LIMIT_RULES_PER_SET_MAX
     const unsigned long long LIMIT_RULES_CONFIG_BYTES_MAX
     const unsigned long long LIMIT_RULES_NAME_BYTES_MAX

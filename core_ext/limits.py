@@ -63,6 +63,8 @@ RATE_ITEMS_PER_SECOND = 200_000
 RATE_BURST_ITEMS = 400_000
 # Events (ledger transfers) the server gathers into one engine call / commit.
 SERVER_BATCH_EVENTS_MAX = BATCH_EVENTS_MAX
+# Events waiting for a batch, all connections together; past it new work is shed with BUSY.
+SERVER_QUEUE_EVENTS_MAX = 16 * SERVER_BATCH_EVENTS_MAX
 
 # ---- rules ------------------------------------------------------------------
 # Rules one rule set may hold (each is evaluated on every payment).

@@ -43,6 +43,7 @@ class ServerLimits:
                  write_stall_ms_max: int = limits.WRITE_STALL_MS_MAX,
                  handshake_timeout_ms: int = limits.HANDSHAKE_TIMEOUT_MS,
                  batch_events_max: int = limits.SERVER_BATCH_EVENTS_MAX,
+                 queue_events_max: int = limits.SERVER_QUEUE_EVENTS_MAX,
                  frame_bytes_max: int = limits.FRAME_BYTES_MAX) -> None:
         self.connections_max = connections_max
         self.in_flight_requests_max = in_flight_requests_max
@@ -51,6 +52,7 @@ class ServerLimits:
         self.write_stall_ms_max = write_stall_ms_max
         self.handshake_timeout_ms = handshake_timeout_ms
         self.batch_events_max = batch_events_max
+        self.queue_events_max = queue_events_max
         self.frame_bytes_max = frame_bytes_max
 
 
@@ -254,6 +256,7 @@ class Server:
         self.stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[tuple[Connection, Request]] = []
+        self._queued_events = 0
         self._wakeup: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
         self._listener: asyncio.base_events.Server | None = None
@@ -273,6 +276,11 @@ class Server:
         return address[0], address[1]
 
     def submit(self, connection: Connection, request: Request) -> None:
+        """Queue a request for the next batch; past queue_events_max it is shed with BUSY
+        (still queued, so its answer keeps its place in the connection's order)."""
+        if request.error is None and self._queued_events + request.events > self.limits.queue_events_max:
+            request.error, request.events = Code.BUSY, 0
+        self._queued_events += request.events
         self._queue.append((connection, request))
         self._wakeup.set()
 
@@ -301,6 +309,7 @@ class Server:
             events += request.events
             count += 1
         batch, self._queue = self._queue[:count], self._queue[count:]
+        self._queued_events -= events
         return batch
 
     def _answer(self, batch: list[tuple[Connection, Request]], outcomes: list) -> None:

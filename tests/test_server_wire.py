@@ -327,3 +327,25 @@ class TestInFlightBytes:
                 assert max(engine.batches) == 1
                 await raw.close()
         run_on(loop_kind, body)
+
+
+class TestLoadShedding:
+    def test_work_past_the_queue_limit_is_answered_busy_in_order(self, loop_kind, config):
+        def pay(request_id):
+            return [request_id, "pay", [request_id.to_bytes(16, "big"), 1001, "QR", 5]]   # two ledger events
+
+        async def body():
+            engine = EngineDouble(delay_seconds=0.05)
+            async with running(engine, config, queue_events_max=4) as (_, port):
+                raw = await Raw.authenticated(port)
+                raw.send(pay(1))
+                await asyncio.sleep(0.02)      # the first batch (one payment) is now executing
+                raw.send_bytes(b"".join(protocol.pack_frame(pay(i)) for i in range(2, 6)))
+                answers = [await raw.frame() for _ in range(5)]
+                assert [answer[0] for answer in answers] == list(range(1, 6))
+                # Two payments (4 events, the limit) queue behind the first; the ones past it are shed.
+                assert [answer[1] for answer in answers] == [Code.OK] * 3 + [Code.BUSY] * 2
+                raw.send(pay(6))
+                assert await raw.frame() == [6, Code.OK, WALLET_ID]   # the queue drained: served again
+                await raw.close()
+        run_on(loop_kind, body)
