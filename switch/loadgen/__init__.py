@@ -37,4 +37,5 @@ def run_load(workload: dict, settings: RunSettings, *, stream_items: int = STREA
     plans = runner.plan_connections(workload, items, settings.connections)
     exports = runner.run(settings, plans, progress)
     merged = recorder.merge(exports)
-    return report.build(merged, settings, workload, target, durability, build_mode, recorder.INTERVAL_S)
+    interval_s = recorder.interval_for(settings.duration_s)
+    return report.build(merged, settings, workload, target, durability, build_mode, interval_s)

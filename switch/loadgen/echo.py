@@ -5,14 +5,13 @@ canned OK and every `pay_batch` with one canned OK per item, without decoding th
 Against it the generator's own cost is all that is measured: the generator's ceiling, which
 bounds every figure it reports against the real switch.
 
-With `service_s` set it becomes a slow, serial server: each frame is answered `service_s` after
-the previous answer (or after it arrived, if later), so an offered rate above 1/service_s builds
-a queue -- the fake slow peer that shows an open-loop run measuring that queueing delay.
+With `service_s` set it becomes a slow server with one worker for all its connections: each
+frame is answered `service_s` after the previous answer on any connection (or after it arrived,
+if later), so an offered rate above 1/service_s builds a queue -- the fake slow peer that shows an open-loop run measuring that queueing delay.
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 
 import msgpack
 
@@ -48,14 +47,21 @@ def _array_header(count: int) -> bytes:
     return bytes([0x90 | count]) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
 
 
+class _Worker:
+    """The slow server's one worker, shared by its connections: when it is next free."""
+    __slots__ = ("free_at",)
+
+    def __init__(self) -> None:
+        self.free_at = 0.0
+
+
 class EchoPeer(asyncio.Protocol):
-    def __init__(self, service_s: float = 0.0) -> None:
+    def __init__(self, service_s: float = 0.0, worker: _Worker | None = None) -> None:
         self.service_s = service_s
+        self.worker = worker or _Worker()
         self.buffer = bytearray()
         self.authenticated = False
         self.transport = None
-        self.free_at = 0.0
-        self.queue: collections.deque[bytes] = collections.deque()
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -85,9 +91,10 @@ class EchoPeer(asyncio.Protocol):
 
     def _serve_slowly(self, answers: list[bytes]) -> None:
         loop = asyncio.get_running_loop()
+        worker = self.worker
         for answer in answers:
-            self.free_at = max(self.free_at, loop.time()) + self.service_s
-            loop.call_at(self.free_at, self._write, answer)
+            worker.free_at = max(worker.free_at, loop.time()) + self.service_s
+            loop.call_at(worker.free_at, self._write, answer)
 
     def _write(self, answer: bytes) -> None:
         if not self.transport.is_closing():
@@ -96,4 +103,5 @@ class EchoPeer(asyncio.Protocol):
 
 async def start(host: str = "127.0.0.1", port: int = 0, service_s: float = 0.0) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: EchoPeer(service_s), host, port)
+    worker = _Worker()
+    return await loop.create_server(lambda: EchoPeer(service_s, worker), host, port)

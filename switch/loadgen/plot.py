@@ -59,8 +59,8 @@ def _plot_curve(axes, report: dict) -> None:
     axes.plot([1 / (1 - percentile / 100) for percentile, _ in points], [latency_us / 1000 for _, latency_us in points],
               marker="o")
     axes.set_xscale("log")
-    axes.set_xticks([1, 2, 10, 100, 1000, 10_000, 100_000])
-    axes.set_xticklabels(["0%", "50%", "90%", "99%", "99.9%", "99.99%", "99.999%"])
+    axes.set_xticks([2, 10, 100, 1000, 10_000, 100_000])
+    axes.set_xticklabels(["50%", "90%", "99%", "99.9%", "99.99%", "99.999%"])
     axes.set_xlabel("percentile")
     axes.set_ylabel("latency (ms)")
     axes.grid(True, which="both", alpha=0.3)

@@ -16,7 +16,14 @@ from hdrh.histogram import HdrHistogram
 LATENCY_US_MIN = 1
 LATENCY_US_MAX = 3_600_000_000
 LATENCY_SIGNIFICANT_DIGITS = 3
-INTERVAL_S = 1.0
+INTERVAL_S_MAX = 1.0
+INTERVAL_S_MIN = 0.1
+INTERVALS_PER_RUN = 20
+
+
+def interval_for(duration_s: float) -> float:
+    """About 20 points over time for a short run, one a second for a long one."""
+    return min(INTERVAL_S_MAX, max(INTERVAL_S_MIN, duration_s / INTERVALS_PER_RUN))
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 
 
@@ -27,7 +34,7 @@ def new_histogram() -> HdrHistogram:
 class Recorder:
     """Per-process recording; `record` is on the hot path, so it does as little as it can."""
 
-    def __init__(self, measure_start_ns: int, measure_end_ns: int, interval_s: float = INTERVAL_S) -> None:
+    def __init__(self, measure_start_ns: int, measure_end_ns: int, interval_s: float = INTERVAL_S_MAX) -> None:
         self.measure_start_ns = measure_start_ns
         self.measure_end_ns = measure_end_ns
         self.interval_ns = int(interval_s * 1e9)

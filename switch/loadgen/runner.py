@@ -27,7 +27,7 @@ from typing import Callable
 
 from switch.loadgen.connection import LoadConnection
 from switch.loadgen.frames import FrameRing
-from switch.loadgen.recorder import Recorder
+from switch.loadgen.recorder import Recorder, interval_for
 from switch.loadgen.stream import Item
 
 MODES = ("closed", "open")
@@ -108,7 +108,7 @@ class Worker:
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
-        self.recorder = Recorder(0, 0)
+        self.recorder = Recorder(0, 0, interval_for(self.settings.duration_s))
         for plan in self.plans:
             ring = FrameRing(plan.items, self.settings.batch_items)
             _, connection = await loop.create_connection(
