@@ -131,6 +131,11 @@ def _make_directory(data_parent: str | None) -> Path:
     if os.geteuid() == 0:
         server_user = pwd.getpwnam(SERVER_USER)
         os.chown(directory, server_user.pw_uid, server_user.pw_gid)
+        # initdb's own message ("Permission denied") does not say which parent is to blame.
+        if subprocess.run(_as_server_user(["test", "-w", str(directory)]), cwd="/").returncode != 0:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise RuntimeError(f"the {SERVER_USER} user cannot reach {directory}: choose a --data-parent "
+                               "whose parent directories every user may traverse (chmod o+x)")
     return directory
 
 

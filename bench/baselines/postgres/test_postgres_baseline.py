@@ -10,7 +10,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -23,6 +29,7 @@ from core_ext import limits
 from core_ext.codes import Code
 
 BALANCE_MINOR_MAX = 2**63 - 1   # PostgreSQL's bigint
+REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
 TEMPLATE_DATABASE = "ledger_template"
 SMALL = wl.Workload(seed=7, payer_count=3, merchant_count=3)
 PAYERS = SMALL.payers()
@@ -365,3 +372,32 @@ def test_a_short_run_writes_the_shared_report_shape(tmp_path, payments_per_call)
     assert set(report["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
     assert report["latency_us"]["p50"] <= report["latency_us"]["p99"] <= report["latency_us"]["max"]
     assert report["workload"]["payments_per_call"] == payments_per_call
+
+
+@pytest.fixture
+def data_parent():
+    """A directory the postgres user can reach (pytest's tmp_path is private to root)."""
+    directory = Path(tempfile.mkdtemp(prefix="pg-baseline-test-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@needs_server
+def test_a_terminated_run_stops_and_deletes_its_cluster(data_parent):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.baselines.postgres.run", "--json", str(data_parent / "report.json"),
+         "--duration", "30", "--connections", "2", "--payers", "200", "--merchants", "20",
+         "--data-parent", str(data_parent)],
+        cwd=REPOSITORY_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:      # wait until the load runs
+            if "loaded" in line:
+                break
+        assert any(data_parent.glob("switch-pg-baseline-*"))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) != 0
+    finally:
+        process.kill()
+    assert not any(data_parent.glob("switch-pg-baseline-*"))
+    assert not (data_parent / "report.json").exists()
