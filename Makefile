@@ -9,6 +9,7 @@ CORE_SOURCES := $(wildcard core_ext/*.pyx core_ext/*.pxd) core_ext/codes.py core
 BUILT := core_ext/.built
 DATA ?= var
 PYTEST_ARGS ?=
+FUZZ_SECONDS ?= 300
 
 .PHONY: run test bench debug annotate profile fuzz soak build clean docs
 
@@ -29,6 +30,10 @@ debug: $(INSTALLED)
 annotate: $(INSTALLED)
 	SWITCH_ANNOTATE=1 $(PY) setup.py build_ext --inplace --force
 	@echo "annotation: core_ext/*.html"
+
+# Every atheris target of tests/fuzz for FUZZ_SECONDS each; prints executions and findings per target.
+fuzz: build
+	$(PY) tests/fuzz/run_all.py --seconds $(FUZZ_SECONDS)
 
 docs: $(INSTALLED)
 	$(PY) -m core_ext.codes --markdown > docs/ERRORS.md

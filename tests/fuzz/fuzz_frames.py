@@ -21,15 +21,15 @@ from __future__ import annotations
 import random
 import sys
 
-import common  # noqa: F401  (puts the repository on sys.path)
-from common import check
+import harness  # noqa: F401  (puts the repository on sys.path)
+from harness import check
 
 from core_ext.codes import ENTRIES, Code
 from switch import protocol
 from switch.protocol import FrameBuffer, ProtocolError
 
 TARGET = "frames"
-# Coverage of these guides the mutations (see common.instrument).
+# Coverage of these guides the mutations (see harness.instrument).
 INSTRUMENTED = ("switch.protocol", "__main__")
 FRAME_LIMIT_STEP_BYTES = 16
 INITIAL_BUFFER_BYTES = 16      # tiny, so that every run exercises the buffer's growth
@@ -110,5 +110,5 @@ def test_one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    common.main(test_one_input, INSTRUMENTED)
+    harness.main(test_one_input, INSTRUMENTED)
     sys.exit(0)

@@ -21,8 +21,8 @@ import sys
 import msgpack
 import msgpack.fallback
 
-import common  # noqa: F401  (puts the repository on sys.path)
-from common import check
+import harness  # noqa: F401  (puts the repository on sys.path)
+from harness import check
 
 from core_ext import limits
 from core_ext.codes import Code
@@ -30,7 +30,7 @@ from switch import protocol
 from switch.protocol import PayItem, ProtocolError
 
 TARGET = "msgpack"
-# Coverage of these guides the mutations (see common.instrument).
+# Coverage of these guides the mutations (see harness.instrument).
 INSTRUMENTED = ("switch.protocol", "msgpack.fallback", "__main__")
 UNPACK_LIMITS = dict(
     raw=False, use_list=True, strict_map_key=True,
@@ -146,5 +146,5 @@ def test_one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    common.main(test_one_input, INSTRUMENTED)
+    harness.main(test_one_input, INSTRUMENTED)
     sys.exit(0)

@@ -21,8 +21,8 @@ import hashlib
 import random
 import sys
 
-import common  # noqa: F401  (puts the repository on sys.path)
-from common import check
+import harness  # noqa: F401  (puts the repository on sys.path)
+from harness import check
 
 import core_ext
 from core_ext import limits
@@ -31,7 +31,7 @@ from core_ext.rules_types import (
 )
 
 TARGET = "rules_config"
-# Coverage of these guides the mutations (see common.instrument).
+# Coverage of these guides the mutations (see harness.instrument).
 INSTRUMENTED = ("core_ext.rules_types", "core_ext.reference.rules", "tomllib._parser", "__main__")
 COMPILED = core_ext.implementation("compiled")
 REFERENCE = core_ext.implementation("reference")
@@ -130,5 +130,5 @@ def test_one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    common.main(test_one_input, INSTRUMENTED)
+    harness.main(test_one_input, INSTRUMENTED)
     sys.exit(0)

@@ -9,13 +9,22 @@ and libFuzzer writes the input to `crash-<sha1>` under -artifact_prefix.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import pathlib
+import re
+import shutil
+import subprocess
 import sys
 import types
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CORPUS_ROOT = pathlib.Path(__file__).resolve().parent / "corpus"
+FUZZ_DIR = pathlib.Path(__file__).resolve().parent
+CORPUS_ROOT = FUZZ_DIR / "corpus"
+# Every target: tests/fuzz/fuzz_<name>.py with its corpus in tests/fuzz/corpus/<name>/.
+TARGETS = ("qr", "upi", "frames", "msgpack", "rules_config")
+# One input taking longer than this is a finding (a hang), not a slow machine.
+INPUT_TIMEOUT_SECONDS = 10
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -35,9 +44,50 @@ def corpus_dir(target: str) -> pathlib.Path:
 
 
 def seed_files(target: str) -> list[pathlib.Path]:
-    """The committed inputs of a target, seeds and reproducers (crash-*) alike, sorted."""
-    directory = corpus_dir(target)
-    return sorted(path for path in directory.iterdir() if path.is_file()) if directory.is_dir() else []
+    """The committed seeds of a target (seed-*), sorted; reproducers (crash-*) are apart."""
+    return sorted(corpus_dir(target).glob("seed-*"))
+
+
+def reproducer_files(target: str) -> list[pathlib.Path]:
+    return sorted(corpus_dir(target).glob("crash-*"))
+
+
+@dataclasses.dataclass
+class RunResult:
+    target: str
+    executions: int
+    seconds: int
+    returncode: int
+    output: str
+    artifacts: list
+
+    @property
+    def clean(self) -> bool:
+        return self.returncode == 0 and not self.artifacts
+
+
+def run_target(target: str, seconds: int, workdir: pathlib.Path, python: str = sys.executable) -> RunResult:
+    """Fuzz one target for `seconds` in a subprocess, from its seeds.
+
+    The seeds are copied into `workdir/<target>` first, and that copy is the
+    corpus libFuzzer grows: a run never writes into the repository, and the
+    committed reproducers (crash-*), which would stop it at once, stay out.
+    """
+    corpus = workdir / target
+    corpus.mkdir(parents=True, exist_ok=True)
+    for seed in seed_files(target):
+        shutil.copyfile(seed, corpus / seed.name)
+    artifact_prefix = f"{workdir}/{target}-"
+    completed = subprocess.run(
+        [python, str(FUZZ_DIR / f"fuzz_{target}.py"), f"-max_total_time={seconds}", "-print_final_stats=1",
+         f"-timeout={INPUT_TIMEOUT_SECONDS}", f"-artifact_prefix={artifact_prefix}", str(corpus)],
+        capture_output=True, text=True, errors="replace", cwd=str(ROOT),
+    )
+    output = completed.stdout + completed.stderr
+    executions = re.search(r"stat::number_of_executed_units:\s*(\d+)", output)
+    artifacts = sorted(str(path) for path in workdir.glob(f"{target}-*"))
+    return RunResult(target, int(executions.group(1)) if executions else 0, seconds, completed.returncode,
+                     output, artifacts)
 
 
 def main(test_one_input, instrumented_modules: tuple[str, ...]) -> None:

@@ -16,7 +16,7 @@ import pathlib
 
 import msgpack
 
-import common
+import harness
 from core_ext.rules_types import JOURNAL_RECORD, JOURNAL_VERSION
 from switch import protocol
 from switch.qrmake import QrSpec, make_payload
@@ -89,7 +89,7 @@ def streams() -> list[bytes]:
 
 def documents() -> list[bytes]:
     """Rule sets, and two rules journal blobs (inputs starting with the journal version byte)."""
-    demo = (common.ROOT / "switch" / "demo" / "rules.toml").read_bytes()
+    demo = (harness.ROOT / "switch" / "demo" / "rules.toml").read_bytes()
     journals = [bytes([JOURNAL_VERSION]) + JOURNAL_RECORD.pack(NOW_S * 10**9, 1, 5, 11, 21, 0, 15000, 0),
                 bytes([JOURNAL_VERSION]) + JOURNAL_RECORD.pack(NOW_S * 10**9, 2, 6, 0, 22, 1, 900, 3) * 2]
     return [demo] + [rule.encode("utf-8") for rule in rules_one_per_kind()] + journals
@@ -115,7 +115,7 @@ def rules_one_per_kind() -> list[str]:
 
 
 def write(target: str, inputs: list[bytes]) -> int:
-    directory = common.corpus_dir(target)
+    directory = harness.corpus_dir(target)
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("seed-*"):
         old.unlink()

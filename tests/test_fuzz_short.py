@@ -1,0 +1,79 @@
+"""The fuzz targets of tests/fuzz, in the short form `make test` runs.
+
+* every target fuzzes for a few seconds in its own process (atheris and
+  libFuzzer own the process they run in) and must find nothing;
+* every committed seed replays clean in this process, so a regression shows up
+  as an ordinary test failure naming the input;
+* every committed reproducer (corpus/<target>/crash-*) is a registered finding
+  that still fails, until its owner fixes it: then its strict xfail turns into
+  a failure, and the entry (and any tolerance in the target) goes.
+
+`make fuzz` runs the same targets for FUZZ_SECONDS each (tests/fuzz/run_all.py).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+
+from core_ext import limits  # noqa: F401  (the repository's modules import before tests/fuzz's)
+
+FUZZ_DIR = os.path.join(os.path.dirname(__file__), "fuzz")
+if FUZZ_DIR not in sys.path:
+    sys.path.insert(0, FUZZ_DIR)
+
+import harness  # noqa: E402
+
+# Seconds of fuzzing per target here; five targets make about 15-20 s with start-up.
+SHORT_SECONDS = int(os.environ.get("FUZZ_SHORT_SECONDS", "2"))
+
+# (target, reproducer file) -> (what is wrong, the target's tolerance flag that
+# lets long runs look past it, or None).  Each is listed in the fuzzing report.
+KNOWN_FINDINGS = {
+    ("msgpack", "crash-zero-length-ext"): (
+        "F1 switch/protocol.py: unpack_body passes a zero-length msgpack ext (max_ext_len=0 only bounds the "
+        "length); docs/PROTOCOL.md says any ext is MSGPACK_LIMIT_EXCEEDED, but [1, 'ping', ExtType(5, b'')] "
+        "is answered INVALID_ARGUMENTS",
+        "TOLERATE_ZERO_LENGTH_EXT"),
+}
+
+
+def target_module(target: str):
+    return importlib.import_module(f"fuzz_{target}")
+
+
+@pytest.mark.parametrize("target", harness.TARGETS)
+def test_fuzzing_each_target_briefly_finds_nothing(target, tmp_path):
+    result = harness.run_target(target, SHORT_SECONDS, tmp_path)
+    assert result.clean, f"fuzz_{target} found something:\n{result.output[-4000:]}"
+    # The seeds alone are that many executions: fewer means the run never got going.
+    assert result.executions >= len(harness.seed_files(target)) > 0, result.output[-2000:]
+
+
+@pytest.mark.parametrize("target", harness.TARGETS)
+def test_every_committed_seed_replays_clean(target):
+    check_input = target_module(target).test_one_input
+    for path in harness.seed_files(target):
+        try:
+            check_input(path.read_bytes())
+        except Exception as error:  # noqa: BLE001 - any escape is the finding; name the input
+            pytest.fail(f"{path.relative_to(harness.ROOT)}: {type(error).__name__}: {error}")
+
+
+def test_every_reproducer_is_a_registered_finding():
+    committed = {(target, path.name) for target in harness.TARGETS for path in harness.reproducer_files(target)}
+    assert committed == set(KNOWN_FINDINGS), "register each crash-* in KNOWN_FINDINGS, or delete it once fixed"
+
+
+@pytest.mark.parametrize("target, name", [
+    pytest.param(target, name, marks=pytest.mark.xfail(strict=True, reason=reason), id=f"{target}/{name}")
+    for (target, name), (reason, _flag) in KNOWN_FINDINGS.items()
+])
+def test_known_finding_reproducer_still_fails(target, name, monkeypatch):
+    module = target_module(target)
+    flag = KNOWN_FINDINGS[(target, name)][1]
+    if flag is not None:
+        monkeypatch.setattr(module, flag, False)
+    module.test_one_input((harness.corpus_dir(target) / name).read_bytes())
