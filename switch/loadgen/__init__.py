@@ -33,6 +33,7 @@ def run_load(workload: dict, settings: RunSettings, *, stream_items: int = STREA
              progress: Callable[[float, str, int], None] | None = None) -> dict:
     """Build the stream, run it against settings.host:port, and return the report (a dict)."""
     settings.check()
+    runner.check_connections(workload, settings.connections)
     items = StreamBuilder(workload).take(runner.items_needed(settings, stream_items))
     plans = runner.plan_connections(workload, items, settings.connections)
     exports = runner.run(settings, plans, progress)

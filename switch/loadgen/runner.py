@@ -79,11 +79,16 @@ def items_needed(settings: RunSettings, closed_loop_items: int) -> int:
     return max(closed_loop_items, settings.connections * settings.batch_items * (settings.depth + 1))
 
 
+def check_connections(workload: dict, connection_count: int) -> None:
+    """Every wallet needs a connection of its own: a connection speaks for one participant."""
+    if connection_count < len(workload["wallets"]):
+        raise ValueError(f"the workload has {len(workload['wallets'])} wallets: run at least that many connections")
+
+
 def plan_connections(workload: dict, items: list[Item], connection_count: int) -> list[ConnectionPlan]:
     """Connection c authenticates as wallet c % W and carries that wallet's payments in turn."""
+    check_connections(workload, connection_count)
     wallets = workload["wallets"]
-    if connection_count < len(wallets):
-        raise ValueError(f"the workload has {len(wallets)} wallets: run at least that many connections")
     plans = [ConnectionPlan(c, wallets[c % len(wallets)]["participant_id"],
                             wallets[c % len(wallets)]["secret"].encode(), []) for c in range(connection_count)]
     by_wallet = [plans[wallet::len(wallets)] for wallet in range(len(wallets))]

@@ -1,0 +1,40 @@
+"""A short load run against a real `switch serve` subprocess on 127.0.0.1, as an operator runs it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from core_ext.codes import Code
+from switch.commands.bench import bench
+from switch.loadgen import RunSettings, e2e, fixture
+
+TINY = fixture.FixtureSpec(seed=11, payer_count=200, merchant_count=40, wallet_count=2)
+DOCUMENTED_CODE_NAMES = {code.name for code in Code}
+
+
+@pytest.mark.parametrize("batch_items", [1, 25])
+def test_a_short_run_against_a_real_switch_reports_documented_codes(tmp_path, batch_items):
+    settings = RunSettings(connections=2, depth=4, batch_items=batch_items, warmup_s=0.3, duration_s=1.2)
+    report = e2e.run_e2e(tmp_path, TINY, settings, durability="os", stream_items=3_000)
+    assert report["durability"] == "os" and report["build_mode"].startswith(("compiled/", "reference/"))
+    assert report["count"] > 0 and report["throughput_per_s"] > 0
+    assert set(report["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
+    assert set(report["by_code"]) <= DOCUMENTED_CODE_NAMES
+    assert report["by_code"].get("OK", 0) > 0
+    assert sum(report["by_code"].values()) == report["count"]
+    assert report["errors"] == []
+
+
+def test_the_e2e_command_writes_the_json_with_the_required_keys(tmp_path):
+    out = tmp_path / "run.json"
+    result = CliRunner().invoke(bench, [
+        "e2e", "--dir", str(tmp_path / "fixture"), "--durability", "os", "--payers", "100", "--merchants", "20",
+        "--wallets", "1", "--connections", "2", "--depth", "2", "--warmup", "0.2", "--duration", "0.8",
+        "--stream-items", "1000", "--json", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    for key in ("throughput_per_s", "latency_us", "count", "by_code", "durability"):
+        assert key in report
+    assert report["durability"] == "os"
