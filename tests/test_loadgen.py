@@ -22,7 +22,7 @@ from switch.loadgen import RunSettings, fixture, model, run_load
 from switch.loadgen import report as report_module
 from switch.loadgen.frames import FrameRing
 from switch.loadgen.plot import percentile_curve
-from switch.loadgen.stream import KINDS, StreamBuilder
+from switch.loadgen.stream import KINDS, StreamBuilder, build_items
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = ("throughput_per_s", "latency_us", "count", "by_code", "durability")
@@ -121,6 +121,11 @@ class TestStream:
             if item.kind == "retry":
                 assert first_seen[transfer_id] == item.args
             first_seen.setdefault(transfer_id, item.args)
+
+    def test_a_cached_stream_reads_back_the_same_items(self, small_workload, tmp_path):
+        built = build_items(small_workload, 800, tmp_path)
+        assert len(list(tmp_path.glob("stream-*.msgpack"))) == 1
+        assert build_items(small_workload, 800, tmp_path) == built == StreamBuilder(small_workload).take(800)
 
     def test_an_item_is_a_pay_argument_array_the_protocol_accepts(self, small_workload):
         from switch import protocol

@@ -8,8 +8,8 @@
 """
 from __future__ import annotations
 
-import asyncio
 import functools
+import os
 import sys
 
 import click
@@ -89,7 +89,8 @@ def run(workload_path, host, port, durability, build_mode, target, cpus, json_pa
     settings = _settings(RunSettings, host=host, port=port, cpus=_cpus(cpus), **run_settings)
     report = _guarded(lambda: run_load(
         fixture.load_workload(workload_path), settings, stream_items=stream_items, target=target,
-        durability=durability, build_mode=build_mode, progress=_progress(quiet)))
+        durability=durability, build_mode=build_mode, progress=_progress(quiet),
+        cache_dir=os.path.dirname(os.path.abspath(workload_path))))
     _finish(report, json_path, plot_path)
 
 
@@ -136,8 +137,6 @@ def compare(first, second) -> None:
 @click.option("--cpu", type=click.IntRange(0), default=None, help="Pin the peer to this CPU.")
 def echo(host, port, service_ms, cpu) -> None:
     """A trivial peer answering every payment OK: measures the generator's own ceiling."""
-    import os
-
     from switch.loadgen import echo as echo_module
     from switch.server import new_event_loop
 

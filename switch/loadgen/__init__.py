@@ -21,7 +21,7 @@ from typing import Callable
 
 from switch.loadgen import recorder, report, runner
 from switch.loadgen.runner import RunSettings
-from switch.loadgen.stream import StreamBuilder
+from switch.loadgen.stream import build_items
 
 STREAM_ITEMS_DEFAULT = 400_000
 
@@ -30,11 +30,12 @@ __all__ = ["RunSettings", "run_load", "STREAM_ITEMS_DEFAULT"]
 
 def run_load(workload: dict, settings: RunSettings, *, stream_items: int = STREAM_ITEMS_DEFAULT,
              target: str = "switch", durability: str = "unknown", build_mode: str = "unknown",
-             progress: Callable[[float, str, int], None] | None = None) -> dict:
-    """Build the stream, run it against settings.host:port, and return the report (a dict)."""
+             progress: Callable[[float, str, int], None] | None = None, cache_dir: str | None = None) -> dict:
+    """Build the stream (or read it from `cache_dir`), run it against settings.host:port, and
+    return the report (a dict)."""
     settings.check()
     runner.check_connections(workload, settings.connections)
-    items = StreamBuilder(workload).take(runner.items_needed(settings, stream_items))
+    items = build_items(workload, runner.items_needed(settings, stream_items), cache_dir)
     plans = runner.plan_connections(workload, items, settings.connections)
     exports = runner.run(settings, plans, progress)
     merged = recorder.merge(exports)

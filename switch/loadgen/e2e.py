@@ -102,7 +102,7 @@ def run_e2e(directory: str | pathlib.Path, spec: fixture.FixtureSpec, settings: 
     settings = RunSettings(**{**settings.__dict__, "port": port, "cpus": settings.cpus or generator_cpus})
     with serving(config_path, durability, port, server_cpu, directory / "serve.log", settings.host):
         return run_load(workload, settings, stream_items=stream_items, target="switch", durability=durability,
-                        build_mode=build_mode(), progress=progress)
+                        build_mode=build_mode(), progress=progress, cache_dir=str(directory))
 
 
 def _fixture_matches(workload_path: pathlib.Path, spec: fixture.FixtureSpec) -> bool:

@@ -12,7 +12,11 @@ Items are msgpack-encoded `pay` argument arrays (docs/PROTOCOL.md 4.1), built on
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
+import json
+import os
+import pathlib
 import random
 from typing import NamedTuple
 
@@ -117,3 +121,20 @@ def damage(payload: str) -> str:
         return payload.replace("@", "", 1)
     last = payload[-1]
     return payload[:-1] + ("0" if last != "0" else "1")
+
+
+def build_items(workload: dict, count: int, cache_dir: str | pathlib.Path | None = None) -> list[Item]:
+    """The first `count` items; with `cache_dir`, read from / saved to a cache file there, since
+    building costs tens of microseconds an item (dynamic codes are made and validated one by one)
+    and every run of a workload needs the same items."""
+    if cache_dir is None:
+        return StreamBuilder(workload).take(count)
+    digest = hashlib.sha256(json.dumps(workload, sort_keys=True).encode()).hexdigest()[:16]
+    path = pathlib.Path(cache_dir) / f"stream-{digest}-{count}.msgpack"
+    if path.exists():
+        return [Item(*fields) for fields in msgpack.unpackb(path.read_bytes(), use_list=False)]
+    items = StreamBuilder(workload).take(count)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    partial.write_bytes(msgpack.packb([tuple(item) for item in items], use_bin_type=True))
+    partial.replace(path)  # atomic: a concurrent or interrupted run never reads half a file
+    return items
