@@ -421,7 +421,7 @@ cdef int check_crc(Ctx* c) noexcept nogil:
     cdef int32_t size = c.size
     cdef int index, nibble
     cdef uint16_t printed = 0
-    if chars(c, 0, size) > LIMIT_QR_PAYLOAD_CHARS_MAX:
+    if chars(c, 0, size) > <int64_t>LIMIT_QR_PAYLOAD_CHARS_MAX:
         return fail(c, CODE_QR_TOO_LONG, 0, 0, 0, 0)
     if size < 8 or memcmp(c.data + size - 8, b"6304", 4) != 0:
         return fail(c, CODE_QR_CRC_FORMAT, 1, 63, 0, 0)
@@ -602,7 +602,7 @@ cdef int check_guid_template(Ctx* c, int32_t start, int32_t end, int depth, int 
     cdef int32_t guid_start, guid_end
     if not find_in(c, start, end, 0, &guid_start, &guid_end):
         return fail_path(c, CODE_QR_MISSING_TAG, depth, a, b, 0)
-    if chars(c, guid_start, guid_end) > LIMIT_QR_GUID_CHARS_MAX \
+    if chars(c, guid_start, guid_end) > <int64_t>LIMIT_QR_GUID_CHARS_MAX \
             or not span_ans(c, guid_start, guid_end):
         return fail_path(c, CODE_QR_BAD_GUID, depth, a, b, 0)
     return 0
@@ -645,7 +645,7 @@ cdef int amount_minor(Ctx* c, int32_t start, int32_t end, int exponent, int reje
     cdef int64_t whole = 0, fraction = 0
     cdef bint in_fraction = False
     cdef unsigned char byte
-    if chars(c, start, end) > LIMIT_QR_AMOUNT_CHARS_MAX:
+    if chars(c, start, end) > <int64_t>LIMIT_QR_AMOUNT_CHARS_MAX:
         return fail(c, reject_code, 1, tag, 0, 0)
     for index in range(start, end):
         if c.data[index] == 46:
@@ -756,7 +756,7 @@ cdef int check_convenience_fee(Ctx* c) noexcept nogil:
         return fail(c, CODE_QR_MISSING_TAG, 1, 57, 0, 0)
     if has(&c.root, 57):
         if not percentage_wanted or chars(c, c.root.start[57], c.root.end[57]) \
-                > LIMIT_QR_FEE_PERCENT_CHARS_MAX:
+                > <int64_t>LIMIT_QR_FEE_PERCENT_CHARS_MAX:
             return fail(c, CODE_QR_BAD_CONVENIENCE_FEE, 1, 57, 0, 0)
         rc = amount_minor(c, c.root.start[57], c.root.end[57], 2, CODE_QR_BAD_CONVENIENCE_FEE, 57,
                           &minor)
@@ -828,10 +828,10 @@ cdef int check_language_template(Ctx* c) noexcept nogil:
             return fail(c, CODE_QR_BAD_FIELD_VALUE, 2, 64, 0, 0)
     if not find_sub(c, 64, 1, &start, &end):
         return fail(c, CODE_QR_MISSING_TAG, 2, 64, 1, 0)
-    if chars(c, start, end) > LIMIT_QR_MERCHANT_NAME_CHARS_MAX:
+    if chars(c, start, end) > <int64_t>LIMIT_QR_MERCHANT_NAME_CHARS_MAX:
         return fail(c, CODE_QR_FIELD_TOO_LONG, 2, 64, 1, 0)
     if find_sub(c, 64, 2, &start, &end) and \
-            chars(c, start, end) > LIMIT_QR_MERCHANT_CITY_CHARS_MAX:
+            chars(c, start, end) > <int64_t>LIMIT_QR_MERCHANT_CITY_CHARS_MAX:
         return fail(c, CODE_QR_FIELD_TOO_LONG, 2, 64, 2, 0)
     return 0
 
@@ -1289,7 +1289,7 @@ cdef bint is_vpa(const unsigned char* data, int32_t start, int32_t end) noexcept
     """handle@psp: [A-Za-z0-9.-_]+ '@' [A-Za-z][A-Za-z0-9.-]+ (SPEC_NOTES §7.3)."""
     cdef int32_t index = start, at
     cdef unsigned char byte
-    if char_count(data, start, end) > LIMIT_UPI_VPA_CHARS_MAX:
+    if char_count(data, start, end) > <int64_t>LIMIT_UPI_VPA_CHARS_MAX:
         return False
     while index < end and (is_alnum(data[index]) or data[index] in b".-_"):
         index += 1
@@ -1391,7 +1391,7 @@ cdef int upi_split(Ctx* c, int32_t start, UpiParams* params, unsigned char* scra
         count += c.data[index] == 38
     if start == c.size:
         count = 0
-    if count > LIMIT_UPI_PARAMS_MAX:
+    if count > <int64_t>LIMIT_UPI_PARAMS_MAX:
         return fail(c, CODE_UPI_TOO_MANY_PARAMS, 0, 0, 0, 0)
     params.count = 0
     part_start = start
@@ -1432,7 +1432,7 @@ cdef int upi_amount(Ctx* c, const unsigned char* value, int32_t size, int64_t* o
     """A positive decimal with at most two decimals and 13 characters -> paise; -1 when not."""
     cdef int32_t index = 0, fraction_digits = 0
     cdef int64_t whole = 0, fraction = 0
-    if char_count(value, 0, size) > LIMIT_QR_AMOUNT_CHARS_MAX:
+    if char_count(value, 0, size) > <int64_t>LIMIT_QR_AMOUNT_CHARS_MAX:
         return -1
     while index < size and is_digit(value[index]):
         whole = whole * 10 + (value[index] - 48)
@@ -1581,7 +1581,7 @@ cdef int qr_validate(const unsigned char* data, Py_ssize_t size, int64_t now_s,
     c.now_s = now_s
     if size == 0:
         return fail(&c, CODE_QR_EMPTY, 0, 0, 0, 0)
-    if size > LIMIT_QR_PAYLOAD_BYTES_MAX:
+    if size > <int64_t>LIMIT_QR_PAYLOAD_BYTES_MAX:
         return fail(&c, CODE_QR_TOO_LONG, 0, 0, 0, 0)
     c.size = <int32_t>size
     c.ascii = is_ascii(data, c.size)
