@@ -28,10 +28,8 @@ include "limits.pxi"
 cdef extern from *:
     """
     #define LEDGER_U64_MAX 0xFFFFFFFFFFFFFFFFULL
-    #define LEDGER_CLOCK_NS_MAX 0x7FFFFFFFFFFFFFFFULL
     """
     const uint64_t LEDGER_U64_MAX
-    const uint64_t LEDGER_CLOCK_NS_MAX
 
 cdef extern from *:
     """
@@ -518,7 +516,7 @@ cdef inline bint _expiry_before(const ExpiryC* a, const ExpiryC* b) noexcept nog
 
 
 def _check_now(now_ns):
-    if not isinstance(now_ns, int) or now_ns < 0 or now_ns > LEDGER_CLOCK_NS_MAX:
+    if not isinstance(now_ns, int) or now_ns < 0 or now_ns > LIMIT_CLOCK_NS_MAX:
         raise ValueError(f"now_ns must be 0..2^63-1 nanoseconds since the epoch, not {now_ns!r}")
 
 
@@ -797,7 +795,7 @@ cdef class Ledger:
 
     cdef int create_transfers_c(self, TransferC* events, uint16_t* results, Py_ssize_t count,
                                 uint64_t now_ns) except -1:
-        if count > <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX or now_ns > LEDGER_CLOCK_NS_MAX:
+        if count > <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX or now_ns > LIMIT_CLOCK_NS_MAX:
             raise ValueError("create_transfers_c: count past batch_events_max or now_ns past the clock")
         cdef Py_ssize_t index
         for index in range(count):
@@ -807,7 +805,7 @@ cdef class Ledger:
 
     cdef int create_accounts_c(self, AccountC* events, uint16_t* results, Py_ssize_t count,
                                uint64_t now_ns) except -1:
-        if count > <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX or now_ns > LEDGER_CLOCK_NS_MAX:
+        if count > <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX or now_ns > LIMIT_CLOCK_NS_MAX:
             raise ValueError("create_accounts_c: count past batch_events_max or now_ns past the clock")
         cdef Py_ssize_t index
         for index in range(count):
@@ -936,7 +934,7 @@ cdef class Ledger:
         if t.ledger != dr.ledger:
             return CODE_TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
         cdef uint64_t timestamp = _next_timestamp(self.timestamp_last, now_ns)
-        if pending and <uint64_t>t.timeout * NS_PER_SECOND > LEDGER_CLOCK_NS_MAX - timestamp:
+        if pending and <uint64_t>t.timeout * NS_PER_SECOND > LIMIT_CLOCK_NS_MAX - timestamp:
             return CODE_OVERFLOWS_TIMEOUT
         cdef uint64_t amount = _balanced_amount(t, dr, cr)
         if amount == 0:

@@ -20,6 +20,9 @@ AMOUNT_MINOR_MAX = 2**64 - 1
 TIMEOUT_SECONDS_MAX = 2**32 - 1
 # Rows one account_history() call may return (the most recent ones).
 ACCOUNT_HISTORY_ROWS_MAX = 8190
+# The clock the ledger accepts (now_ns, timestamps, expiries): int64 nanoseconds since
+# the Unix epoch, i.e. until the year 2262.
+CLOCK_NS_MAX = 2**63 - 1
 
 # ---- storage ----------------------------------------------------------------
 # LMDB map size at first open, and the ceiling it may grow to.
@@ -29,6 +32,9 @@ MAP_BYTES_MAX = 1 << 40
 JOURNAL_RECORD_BYTES_MAX = 64 << 20
 # Account balances are checkpointed with the journal sequence every this many batches (and on close).
 CHECKPOINT_INTERVAL_BATCHES = 10_000
+# Components (sections) in one journal record, and the bytes of a section's name.
+JOURNAL_SECTIONS_MAX = 64
+JOURNAL_SECTION_NAME_BYTES_MAX = 64
 
 # ---- protocol/server ---------------------------------------------------------
 # One frame's body (the 4-byte length prefix excluded). A full pay_batch of

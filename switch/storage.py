@@ -39,8 +39,6 @@ FORMAT_VERSION = b"1"
 LOCK_FILE_NAME = "switch.lock"
 DATABASES_MAX = 4
 DURABILITIES = ("fsync", "os")
-SECTION_NAME_BYTES_MAX = 64
-SECTIONS_MAX = 64
 _SEQUENCE = struct.Struct(">Q")
 
 
@@ -66,9 +64,13 @@ def decode_record(value: bytes) -> list[tuple[str, bytes]]:
     """A journal value as [(component name, blob)], refusing anything past the limits."""
     if len(value) > limits.JOURNAL_RECORD_BYTES_MAX:
         raise StorageError(f"journal record of {len(value)} bytes is past journal_record_bytes_max")
-    sections = msgpack.unpackb(
-        value, raw=False, max_bin_len=limits.JOURNAL_RECORD_BYTES_MAX, max_str_len=SECTION_NAME_BYTES_MAX,
-        max_array_len=SECTIONS_MAX, max_map_len=0, max_ext_len=0)
+    try:
+        sections = msgpack.unpackb(
+            value, raw=False, max_bin_len=limits.JOURNAL_RECORD_BYTES_MAX,
+            max_str_len=limits.JOURNAL_SECTION_NAME_BYTES_MAX, max_array_len=limits.JOURNAL_SECTIONS_MAX,
+            max_map_len=0, max_ext_len=0)
+    except (ValueError, msgpack.UnpackException) as error:
+        raise StorageError(f"journal record cannot be decoded: {error}") from error
     if not isinstance(sections, list) or not all(
             isinstance(s, list) and len(s) == 2 and isinstance(s[0], str) and isinstance(s[1], bytes)
             for s in sections):
@@ -159,8 +161,10 @@ class Storage:
         if not 0 < checkpoint_interval_batches <= limits.CHECKPOINT_INTERVAL_BATCHES:
             raise ValueError(f"checkpoint_interval_batches must be 1..{limits.CHECKPOINT_INTERVAL_BATCHES}")
         names = [component.name for component in components]
-        if len(set(names)) != len(names):
-            raise ValueError(f"component names must be unique: {names}")
+        if len(set(names)) != len(names) or len(names) > limits.JOURNAL_SECTIONS_MAX:
+            raise ValueError(f"need at most {limits.JOURNAL_SECTIONS_MAX} components, uniquely named: {names}")
+        if any(len(name.encode()) > limits.JOURNAL_SECTION_NAME_BYTES_MAX for name in names):
+            raise ValueError(f"component names are at most {limits.JOURNAL_SECTION_NAME_BYTES_MAX} bytes")
         directory = pathlib.Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         lock_file = _lock(directory)

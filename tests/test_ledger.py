@@ -340,11 +340,16 @@ def test_fields_of_the_wrong_kind_get_a_code_not_a_crash(ledger, field, value):
     assert post_one(ledger, transfer) in (Code.FIELD_OUT_OF_RANGE, Code.AMOUNT_MUST_NOT_EXCEED_BALANCE_MAX)
 
 
-def test_a_clock_outside_its_range_is_a_programming_error(ledger):
+def test_the_clock_is_taken_up_to_clock_ns_max_and_refused_one_past(ledger):
+    assert post_one(ledger, T(1, PLAIN, OTHER, 1), limits.CLOCK_NS_MAX) == Code.OK
+    assert ledger.lookup_transfers([1])[0].timestamp == limits.CLOCK_NS_MAX
+    assert ledger.expire_pending(limits.CLOCK_NS_MAX) == 0
     with pytest.raises(ValueError):
-        ledger.create_transfers([], -1)
+        ledger.create_transfers([], limits.CLOCK_NS_MAX + 1)
     with pytest.raises(ValueError):
-        ledger.expire_pending(2**63)
+        ledger.expire_pending(limits.CLOCK_NS_MAX + 1)
+    with pytest.raises(ValueError):
+        ledger.create_accounts([], -1)
 
 
 def test_a_corrupt_journal_is_refused(impl):

@@ -148,6 +148,43 @@ def test_journal_records_at_the_size_limit_are_read_and_one_past_refused():
         storage.decode_record(at_limit + b"\x00")
 
 
+class _Named:
+    """A component that never changes, to test how storage names sections."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def take_journal(self):
+        return None
+
+    def apply_journal(self, blob):
+        raise AssertionError("nothing was written")
+
+    def reset(self):
+        pass
+
+
+def test_components_and_their_names_at_the_limit_and_one_past(tmp_path):
+    many = [_Named(f"c{i}") for i in range(limits.JOURNAL_SECTIONS_MAX)]
+    Storage.open(tmp_path / "a", many).close()
+    with pytest.raises(ValueError):
+        Storage.open(tmp_path / "b", many + [_Named("one-more")])
+    Storage.open(tmp_path / "c", [_Named("n" * limits.JOURNAL_SECTION_NAME_BYTES_MAX)]).close()
+    with pytest.raises(ValueError):
+        Storage.open(tmp_path / "d", [_Named("n" * (limits.JOURNAL_SECTION_NAME_BYTES_MAX + 1))])
+    with pytest.raises(ValueError):
+        Storage.open(tmp_path / "e", [_Named("twice"), _Named("twice")])
+
+
+def test_a_journal_record_with_too_many_sections_is_refused():
+    sections = [[f"c{i}", b""] for i in range(limits.JOURNAL_SECTIONS_MAX)]
+    assert len(storage.decode_record(msgpack.packb(sections))) == limits.JOURNAL_SECTIONS_MAX
+    with pytest.raises(StorageError):
+        storage.decode_record(msgpack.packb(sections + [["more", b""]]))
+    with pytest.raises(StorageError):
+        storage.decode_record(b"\xc1 not msgpack")
+
+
 def test_a_batch_journal_past_the_record_limit_is_refused_before_writing(tmp_path):
     class Huge:
         name = "huge"

@@ -55,8 +55,7 @@ U16_MAX = 2**16 - 1
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
 U128_MAX = 2**128 - 1
-# The clock's range: int64 nanoseconds since the Unix epoch (until the year 2262).
-CLOCK_NS_MAX = 2**63 - 1
+CLOCK_NS_MAX = limits.CLOCK_NS_MAX
 NS_PER_SECOND = 1_000_000_000
 
 # A failure of these depends on balances at the time: the id may never succeed later.
