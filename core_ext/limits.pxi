@@ -6,10 +6,13 @@ cdef extern from *:
     #define LIMIT_AMOUNT_MINOR_MAX 18446744073709551615ULL
     #define LIMIT_TIMEOUT_SECONDS_MAX 4294967295ULL
     #define LIMIT_ACCOUNT_HISTORY_ROWS_MAX 8190ULL
+    #define LIMIT_CLOCK_NS_MAX 9223372036854775807ULL
     #define LIMIT_MAP_BYTES_INITIAL 1073741824ULL
     #define LIMIT_MAP_BYTES_MAX 1099511627776ULL
     #define LIMIT_JOURNAL_RECORD_BYTES_MAX 67108864ULL
     #define LIMIT_CHECKPOINT_INTERVAL_BATCHES 10000ULL
+    #define LIMIT_JOURNAL_SECTIONS_MAX 64ULL
+    #define LIMIT_JOURNAL_SECTION_NAME_BYTES_MAX 64ULL
     #define LIMIT_FRAME_BYTES_MAX 4194304ULL
     #define LIMIT_BATCH_FRAME_ITEMS_MAX 4095ULL
     #define LIMIT_STRING_BYTES_MAX 1024ULL
@@ -64,10 +67,13 @@ cdef extern from *:
     const unsigned long long LIMIT_AMOUNT_MINOR_MAX
     const unsigned long long LIMIT_TIMEOUT_SECONDS_MAX
     const unsigned long long LIMIT_ACCOUNT_HISTORY_ROWS_MAX
+    const unsigned long long LIMIT_CLOCK_NS_MAX
     const unsigned long long LIMIT_MAP_BYTES_INITIAL
     const unsigned long long LIMIT_MAP_BYTES_MAX
     const unsigned long long LIMIT_JOURNAL_RECORD_BYTES_MAX
     const unsigned long long LIMIT_CHECKPOINT_INTERVAL_BATCHES
+    const unsigned long long LIMIT_JOURNAL_SECTIONS_MAX
+    const unsigned long long LIMIT_JOURNAL_SECTION_NAME_BYTES_MAX
     const unsigned long long LIMIT_FRAME_BYTES_MAX
     const unsigned long long LIMIT_BATCH_FRAME_ITEMS_MAX
     const unsigned long long LIMIT_STRING_BYTES_MAX
