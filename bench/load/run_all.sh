@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The switch's end-to-end load runs, one command: the generator's own ceiling against the echo
+# peer, then closed loop (16 connections, single `pay` frames and `pay_batch` frames) and open
+# loop (10,000/s) against a fresh `switch serve` under each durability. Reports (JSON + PNG)
+# go to OUT. See bench/load/README.md.
+#
+#   bench/load/run_all.sh [OUT] [PAYERS] [MERCHANTS]
+#
+# Environment: DURATION (s, default 10), WARMUP (s, default 2), PYTHON (default .venv/bin/python).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-var/bench-load}
+PAYERS=${2:-10000}
+MERCHANTS=${3:-1000}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+PYTHON=${PYTHON:-.venv/bin/python}
+FIXTURE="$OUT/fixture"
+mkdir -p "$OUT"
+bench() { "$PYTHON" -m switch bench "$@"; }
+common=(--warmup "$WARMUP" --duration "$DURATION" --connections 16)
+
+# 1. The ceiling: the generator (CPU 0) against a peer that answers without work (CPU 1).
+bench workload --out "$FIXTURE" --payers "$PAYERS" --merchants "$MERCHANTS"
+port=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+bench echo --port "$port" --cpu 1 > "$OUT/echo.log" 2>&1 &
+echo_pid=$!
+trap 'kill "$echo_pid" 2>/dev/null || true' EXIT
+sleep 1
+bench run --workload "$FIXTURE/workload.json" --port "$port" --cpus 0 --target echo "${common[@]}" \
+    --depth 64 --json "$OUT/ceiling-single.json"
+bench run --workload "$FIXTURE/workload.json" --port "$port" --cpus 0 --target echo "${common[@]}" \
+    --depth 4 --batch 256 --json "$OUT/ceiling-batch.json"
+kill "$echo_pid"; trap - EXIT
+
+# 2. The switch: a fresh `switch serve` per run, pinned to the other CPU.
+for durability in fsync os; do
+    bench e2e --dir "$FIXTURE" --durability "$durability" --payers "$PAYERS" --merchants "$MERCHANTS" \
+        "${common[@]}" --depth 64 --json "$OUT/switch-$durability-single.json" --plot "$OUT/switch-$durability-single.png"
+    bench e2e --dir "$FIXTURE" --durability "$durability" --payers "$PAYERS" --merchants "$MERCHANTS" \
+        "${common[@]}" --depth 4 --batch 256 --json "$OUT/switch-$durability-batch.json" \
+        --plot "$OUT/switch-$durability-batch.png"
+    bench e2e --dir "$FIXTURE" --durability "$durability" --payers "$PAYERS" --merchants "$MERCHANTS" \
+        "${common[@]}" --mode open --rate 10000 --json "$OUT/switch-$durability-open10k.json" \
+        --plot "$OUT/switch-$durability-open10k.png"
+done
+
+# 3. Side by side: how far each run is from the generator's own ceiling.
+bench compare "$OUT/ceiling-single.json" "$OUT/switch-fsync-single.json"
+bench compare "$OUT/ceiling-batch.json" "$OUT/switch-fsync-batch.json"
