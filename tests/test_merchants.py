@@ -181,3 +181,21 @@ def test_a_corrupt_journal_is_refused():
 def test_reset_empties_the_directory(directory):
     directory.reset()
     assert len(directory) == 0 and directory.state_hash() == MerchantDirectory().state_hash()
+
+
+def test_a_replay_is_refused_after_a_restart_from_lmdb(tmp_path):
+    """Through switch/storage.py: the directory's effects are journaled in LMDB and replayed on open."""
+    storage_module = pytest.importorskip("switch.storage")
+    text = payload(dynamic=True, amount_minor=15000)
+    result = CORE.parse_qr(text)
+    directory = MerchantDirectory()
+    with storage_module.Storage.open(tmp_path, [directory], durability="os") as storage:
+        assert directory.register(**TAXI) == Code.OK
+        assert directory.check_and_consume(result, text, 15000, NOW_S) == Code.OK
+        storage.commit()
+        state = directory.state_hash()
+    restarted = MerchantDirectory()
+    with storage_module.Storage.open(tmp_path, [restarted], durability="os"):
+        assert restarted.state_hash() == state
+        assert restarted.resolve(result).account_id == TAXI["account_id"]
+        assert restarted.check_and_consume(result, text, 15000, NOW_S) == Code.QR_REPLAYED

@@ -135,6 +135,15 @@ def test_qr_check_prints_one_verdict_per_line(tmp_path):
     assert "error" in verdicts[2] and "error" in verdicts[3]
 
 
+def test_qr_check_judges_an_overlong_line_without_reading_it_whole():
+    from switch.commands.qr import CHECK_LINE_BYTES_MAX
+
+    lines = [json.dumps({"payload": VALID}), "x" * (3 * CHECK_LINE_BYTES_MAX), json.dumps({"payload": VALID})]
+    verdicts = [json.loads(line) for line in run("check", "-", input_text="\n".join(lines) + "\n").output.splitlines()]
+    assert [verdict["valid"] for verdict in verdicts] == [True, False, True]
+    assert "longer than" in verdicts[1]["error"] and verdicts[2]["line"] == 3
+
+
 def test_qr_check_of_only_valid_codes_exits_0():
     assert run("check", "-", input_text=json.dumps({"payload": VALID}) + "\n").exit_code == 0
 
