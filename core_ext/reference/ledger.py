@@ -155,7 +155,6 @@ class Ledger:
         self._expiry_heap: list[tuple[int, int, int]] = []   # (expires_at_ns, timestamp, id)
         self._timestamp_last = 0
         self._journal = bytearray()
-        self._journal_taken = 0
         self._undo: list = []
 
     # ---- counts and lookups ------------------------------------------------
