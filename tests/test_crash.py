@@ -26,7 +26,8 @@ from switch.commands.ledger import run_check
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHILD = ROOT / "tests" / "crash_child.py"
 IDS_PER_ROUND = 10**9
-ROUNDS = 4
+# A soak runs more rounds: SWITCH_CRASH_ROUNDS=200 pytest tests/test_crash.py
+ROUNDS = int(os.environ.get("SWITCH_CRASH_ROUNDS", "4"))
 
 
 def _run_child_until_killed(data_dir, seed, durability, first_id, rng) -> set[int]:
