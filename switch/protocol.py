@@ -67,6 +67,15 @@ def pack_frame(obj: Any) -> bytes:
     return LENGTH_PREFIX.pack(len(body)) + body
 
 
+class _ExtRefused(Exception):
+    pass
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    # max_ext_len=0 still lets a zero-length ext through; the protocol has no ext at all.
+    raise _ExtRefused(code)
+
+
 def unpack_body(body: bytes) -> Any:
     """One msgpack object, unpacked with every limit; raises ProtocolError (not fatal)."""
     try:
@@ -74,8 +83,10 @@ def unpack_body(body: bytes) -> Any:
             body, raw=False, use_list=True, strict_map_key=True,
             max_str_len=limits.STRING_BYTES_MAX, max_bin_len=limits.BIN_BYTES_MAX,
             max_array_len=limits.ARRAY_ITEMS_MAX, max_map_len=limits.MAP_ENTRIES_MAX,
-            max_ext_len=0,
+            max_ext_len=0, ext_hook=_refuse_ext,
         )
+    except _ExtRefused as error:
+        raise ProtocolError(Code.MSGPACK_LIMIT_EXCEEDED, detail="msgpack ext types are not part of the protocol") from error
     except msgpack.StackError as error:
         raise ProtocolError(Code.MSGPACK_LIMIT_EXCEEDED, detail="nesting too deep") from error
     except ValueError as error:

@@ -130,8 +130,9 @@ def test_invalid_msgpack_is_malformed(body):
     assert protocol.decode_request(body).error == Code.MALFORMED_MSGPACK
 
 
-def test_ext_types_are_refused():
-    body = msgpack.packb(msgpack.ExtType(1, b"a"))
+@pytest.mark.parametrize("ext", [msgpack.ExtType(1, b"a"), msgpack.ExtType(5, b""), msgpack.ExtType(127, b"\0" * 4)])
+def test_ext_types_are_refused_even_empty_ones(ext):
+    body = msgpack.packb([1, "ping", ext])
     assert protocol.decode_request(body).error == Code.MSGPACK_LIMIT_EXCEEDED
 
 
