@@ -144,7 +144,9 @@ cdef class Ledger:
     # ---- the C API: no Python object per event ----
     # Apply `count` transfers (fields already in range; timestamps ignored) as one
     # batch with linked chains; one code per event in `results`.  count must not
-    # exceed batch_events_max.
+    # exceed batch_events_max.  An applied event is updated in place to what was
+    # stored: its timestamp, and for a post/void or balancing transfer the amount
+    # and accounts it resolved to.  Holds the GIL (raises MemoryError when out of memory).
     cdef int create_transfers_c(self, TransferC* events, uint16_t* results, Py_ssize_t count,
                                 uint64_t now_ns) except -1
     cdef int create_accounts_c(self, AccountC* events, uint16_t* results, Py_ssize_t count,
