@@ -164,19 +164,23 @@ class Engine:
         self.storage.close()
 
     def bootstrap(self) -> None:
-        """Create the configured accounts, opening balances and merchants; idempotent on restart."""
+        """Create the configured accounts, opening balances and merchants; idempotent on restart.
+
+        Each ledger call stays within batch_events_max, each commit within one batch's worth."""
         now_ns = self.clock_ns()
         accounts = [self._account_of(entry) for entry in self.config.accounts]
-        existing = self.ledger.lookup_accounts([account.id for account in accounts]) if accounts else []
-        missing = [account for account, found in zip(accounts, existing) if found is None]
-        if missing:
-            self._expect_ok(self.ledger.create_accounts(missing, now_ns), "create configured accounts")
-        openings = self._opening_transfers()
-        if openings:
-            found = self.ledger.lookup_transfers([transfer.id for transfer in openings])
-            missing_transfers = [t for t, f in zip(openings, found) if f is None]
+        for chunk in _chunks(accounts, limits.BATCH_EVENTS_MAX):
+            found = self.ledger.lookup_accounts([account.id for account in chunk])
+            missing = [account for account, existing in zip(chunk, found) if existing is None]
+            if missing:
+                self._expect_ok(self.ledger.create_accounts(missing, now_ns), "create configured accounts")
+                self.storage.commit()
+        for chunk in _chunks(self._opening_transfers(), limits.BATCH_EVENTS_MAX):
+            found = self.ledger.lookup_transfers([transfer.id for transfer in chunk])
+            missing_transfers = [transfer for transfer, existing in zip(chunk, found) if existing is None]
             if missing_transfers:
                 self._expect_ok(self.ledger.create_transfers(missing_transfers, now_ns), "fund opening balances")
+                self.storage.commit()
         for merchant in self.config.merchants:
             code = self.merchants.register(**merchant)
             if code != Code.OK:
@@ -503,3 +507,7 @@ def _mcc_number(mcc: Any) -> int:
     """The merchant category code kept on the payment leg (user_data_32), for reports."""
     text = str(mcc or "")
     return int(text) if text.isdigit() else 0
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[start:start + size] for start in range(0, len(items), size)]

@@ -229,3 +229,16 @@ def test_fee_leg_id_is_derived_deterministically_and_differs_from_the_payment():
     assert engine_module.fee_id_for(12345) == engine_module.fee_id_for(12345)
     assert engine_module.fee_id_for(12345) not in (12345, engine_module.fee_id_for(12346))
     assert 0 < engine_module.fee_id_for(1) < 2**128 - 1
+
+
+def test_bootstrap_of_more_accounts_than_one_ledger_batch(impl):
+    doc = document()
+    doc["accounts"] += [{"id": 10_000 + index, "ledger": THB, "code": 1, "owner": WALLET_ID, "opening_balance_minor": 1}
+                        for index in range(engine_module.limits.BATCH_EVENTS_MAX + 1)]
+    config = config_module.parse(doc)
+    ledger = impl.Ledger(config.accounts_max)
+    engine = Engine(config, impl, ledger, None, JournalStorage(ledger), clock_ns=lambda: NOW_NS)
+    engine.bootstrap()
+    last = 10_000 + engine_module.limits.BATCH_EVENTS_MAX
+    assert engine.ledger.lookup_accounts([last])[0].credits_posted == 1
+    assert len(engine.storage.blobs) == 4   # two account batches, two funding batches
