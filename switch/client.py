@@ -192,6 +192,7 @@ class AsyncClient:
         if wire is not self._wire:
             return
         self._wire = None
+        self._out = []   # unsent frames: every unanswered request is re-sent after reconnecting
         if self._handshake is not None and not self._handshake.done():
             self._handshake.set_exception(SwitchError(Code.CONNECTION_LOST, "closed during the handshake"))
         if self._closed or not self._outstanding:
