@@ -114,9 +114,13 @@ class LoadConnection(asyncio.Protocol):
     def in_flight_frames(self) -> int:
         return self.sent_frames - self.answered_frames
 
-    def send(self, count: int, send_ns: int) -> None:
-        """Send the next `count` frames, as one write (two when the ring wraps), stamped `send_ns`."""
-        ring = self.ring
+    def send(self, count: int, send_ns: int, interval_ns: int = 0) -> None:
+        """Send the next `count` frames, as one write (two when the ring wraps).
+
+        Closed loop: every frame is stamped `send_ns`, the moment of the write.  Open loop
+        (`interval_ns` > 0): frame i is stamped `send_ns + i * interval_ns`, the moment it was
+        due, so a late write counts in its latency."""
+        ring, groups = self.ring, self.groups
         while count:
             taken = ring.span(self.next_frame, count)
             self.transport.write(ring.take(self.next_frame, taken))
@@ -127,19 +131,11 @@ class LoadConnection(asyncio.Protocol):
                 self.recorder.wraps += 1
             count -= taken
             self.sent_frames += taken
-            self.groups.append([send_ns, taken])
-
-    def send_scheduled(self, count: int, first_due_ns: int, interval_ns: int, now_ns: int) -> None:
-        """Open loop: send `count` frames that fell due every `interval_ns` from `first_due_ns`;
-        each is stamped with the moment it was due, so a late send counts in its latency."""
-        groups_before = len(self.groups)
-        self.send(count, first_due_ns)
-        # send() made one group per write; split them into one group per frame, each with its due time.
-        for _ in range(len(self.groups) - groups_before):
-            self.groups.pop()
-        for index in range(count):
-            self.groups.append([first_due_ns + index * interval_ns, 1])
-        self.recorder.record_send_lag(now_ns - first_due_ns, count)
+            if interval_ns:
+                groups.extend([send_ns + index * interval_ns, 1] for index in range(taken))
+                send_ns += taken * interval_ns
+            else:
+                groups.append([send_ns, taken])
 
     # ---- answers ---------------------------------------------------------------------
 

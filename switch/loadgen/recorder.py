@@ -45,6 +45,7 @@ class Recorder:
         self.errors: list[str] = []
         self.wraps = 0
         self.cpu_s = 0.0              # CPU time of this process in the measured window
+        self.unanswered_frames = 0    # still in flight when the drain gave up
 
     def measured(self, sent_ns: int) -> bool:
         return self.measure_start_ns <= sent_ns < self.measure_end_ns
@@ -65,7 +66,7 @@ class Recorder:
             "intervals": {index: histogram.encode() for index, histogram in self.intervals.items()},
             "send_lag": self.send_lag.encode(),
             "by_code": dict(self.by_code), "errors": list(self.errors), "wraps": self.wraps,
-            "cpu_s": self.cpu_s,
+            "cpu_s": self.cpu_s, "unanswered_frames": self.unanswered_frames,
         }
 
 
@@ -79,13 +80,14 @@ class Merged:
     errors: list[str]
     wraps: int
     cpu_s: float                      # generator CPU seconds in the measured window, all processes
+    unanswered_frames: int
 
 
 def merge(exports: list[dict]) -> Merged:
     intervals: dict[int, HdrHistogram] = {}
     total, send_lag = new_histogram(), new_histogram()
     by_code: collections.Counter = collections.Counter()
-    errors, wraps, cpu_s = [], 0, 0.0
+    errors, wraps, cpu_s, unanswered_frames = [], 0, 0.0, 0
     for export in exports:
         for index, encoded in export["intervals"].items():
             histogram = HdrHistogram.decode(encoded)
@@ -96,7 +98,8 @@ def merge(exports: list[dict]) -> Merged:
         errors += export["errors"]
         wraps += export["wraps"]
         cpu_s += export["cpu_s"]
-    return Merged(intervals, total, send_lag, by_code, errors, wraps, cpu_s)
+        unanswered_frames += export["unanswered_frames"]
+    return Merged(intervals, total, send_lag, by_code, errors, wraps, cpu_s, unanswered_frames)
 
 
 def latency_summary_us(histogram: HdrHistogram) -> dict[str, int]:
