@@ -57,6 +57,12 @@ def made_payloads(upi: bool) -> list[bytes]:
     return out
 
 
+def recipes() -> list[bytes]:
+    """qr_fields inputs: choice bytes; a run of zeros keeps every field valid, the rest vary it."""
+    return [bytes([index]) * 8 + bytes(120) for index in range(24)] + [
+        hashlib.sha256(bytes([index])).digest() * 8 for index in range(24)]
+
+
 def requests() -> list:
     """One well-formed request of every operation."""
     transfer = {"id": protocol.id_to_wire(7), "debit_account_id": 1001, "credit_account_id": 2001,
@@ -127,6 +133,7 @@ def write(target: str, inputs: list[bytes]) -> int:
 def main() -> None:
     counts = {
         "qr": write("qr", vector_payloads("emvco") + made_payloads(upi=False)),
+        "qr_fields": write("qr_fields", recipes()),
         "upi": write("upi", vector_payloads("upi") + made_payloads(upi=True)),
         "frames": write("frames", streams()),
         "msgpack": write("msgpack", bodies()),
