@@ -194,6 +194,7 @@ BEGIN
     FROM merchant WHERE account_id = ANY (p_merchant_account_ids);
     SELECT array_agg(p.id), array_agg(p) INTO v_stored_ids, v_stored
     FROM payment p WHERE p.id = ANY (p_ids);
+    v_fee_index := array_position(v_account_ids, p_fee_account_id);
 
     FOR i IN 1 .. v_count LOOP
         v_code := payment_request_code(p_ids[i], p_payer_account_ids[i], p_merchant_account_ids[i],
@@ -213,7 +214,6 @@ BEGIN
                     -- and post the legs when accepted. (Inline: a PL/pgSQL call copies its arrays.)
                     v_payer_index := array_position(v_account_ids, p_payer_account_ids[i]);
                     v_merchant_index := array_position(v_account_ids, p_merchant_account_ids[i]);
-                    v_fee_index := array_position(v_account_ids, p_fee_account_id);
                     v_payer := v_accounts[v_payer_index];          -- NULL when there is no such account
                     v_merchant := v_accounts[v_merchant_index];
                     v_fee := v_accounts[v_fee_index];
