@@ -118,3 +118,35 @@ def test_compiled_and_twin_agree_on_random_batches(steps, clock_steps):
     ids = list(range(41))
     assert compiled.lookup_transfers(ids) == reference.lookup_transfers(ids)
     assert compiled.lookup_accounts(list(range(8))) == reference.lookup_accounts(list(range(8)))
+
+
+def _valid_journal() -> bytes:
+    ledger = core_ext.implementation("reference").Ledger(accounts_max=6)
+    ledger.create_accounts(SETUP_ACCOUNTS, 10**12)
+    ledger.create_transfers([Transfer(1, 1, 2, 5, 1, 1), Transfer(2, 1, 3, 5, 1, 1, flags=2, timeout=1),
+                             Transfer(3, 0, 0, 0, 0, 0, flags=4, pending_id=2), Transfer(4, 2, 1, 9, 1, 1)], 10**12)
+    return ledger.take_journal()
+
+
+VALID_JOURNAL = _valid_journal()
+
+
+@settings(max_examples=200, deadline=None)
+@given(cut=st.integers(0, len(VALID_JOURNAL)), flips=st.lists(st.tuples(st.integers(0, len(VALID_JOURNAL) - 1),
+                                                                        st.integers(1, 255)), max_size=3))
+def test_a_damaged_journal_is_refused_or_replayed_never_crashes(cut, flips):
+    """Storage trusts its own journal, but a damaged one must give ValueError, not a crash."""
+    blob = bytearray(VALID_JOURNAL[:cut])
+    for position, mask in flips:
+        if position < len(blob):
+            blob[position] ^= mask
+    outcomes = []
+    for implementation in core_ext.IMPLEMENTATIONS:
+        ledger = core_ext.implementation(implementation).Ledger(accounts_max=6)
+        try:
+            ledger.apply_journal(bytes(blob))
+            outcomes.append("replayed")
+        except ValueError:
+            outcomes.append("refused")
+    if not flips:
+        assert outcomes[0] == outcomes[1]
