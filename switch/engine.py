@@ -143,8 +143,9 @@ class Engine:
 
     @classmethod
     def open(cls, config: Config, data_dir: str, durability: str = "fsync", core: Any = None,
-             rules: RuleEngine | None = None) -> "Engine":
-        """The real engine: a core ledger and merchant directory, replayed from storage."""
+             rules: RuleEngine | None = None, extra_components: tuple = ()) -> "Engine":
+        """The real engine: a core ledger and merchant directory (and any other journaled
+        component, e.g. the rules' state), replayed from storage."""
         import pathlib
 
         import core_ext
@@ -155,7 +156,7 @@ class Engine:
         pathlib.Path(data_dir).mkdir(parents=True, exist_ok=True)
         ledger = core.Ledger(config.accounts_max)
         merchants = MerchantDirectory()
-        storage = Storage.open(data_dir, [ledger, merchants], durability=durability)
+        storage = Storage.open(data_dir, [ledger, merchants, *extra_components], durability=durability)
         engine = cls(config, core, ledger, merchants, storage, rules=rules)
         engine.bootstrap()
         return engine
