@@ -37,7 +37,8 @@ def _array_header(count: int) -> bytes:
 class FrameRing:
     """All the frames one connection sends, in order, with what the runner needs to slice them."""
 
-    __slots__ = ("buffer", "frame_ends", "items_per_frame", "id_offsets", "id_starts", "epoch", "epochs_patched")
+    __slots__ = ("buffer", "frame_ends", "items_per_frame", "id_offsets", "id_starts", "epoch", "epochs_patched",
+                 "frame_count")
 
     def __init__(self, items: Sequence[Item], batch_items: int = 1) -> None:
         if not items:
@@ -54,6 +55,7 @@ class FrameRing:
         self.id_starts: list[int] = [0]      # frame j's ids are id_offsets[id_starts[j]:id_starts[j+1]]
         for start in range(0, usable, batch_items):
             self._append(len(self.frame_ends) + 1, items[start:start + batch_items], batch_items > 1)
+        self.frame_count = len(self.frame_ends)
         self.epoch = 0
         # Per frame, the epoch its ids carry now: a frame is patched once per epoch, when next sent.
         self.epochs_patched = [0] * len(self.frame_ends)
@@ -72,10 +74,6 @@ class FrameRing:
         self.frame_ends.append(len(self.buffer))
         self.id_starts.append(len(self.id_offsets))
         assert len(self.buffer) - frame_start == 4 + body_length
-
-    @property
-    def frame_count(self) -> int:
-        return len(self.frame_ends)
 
     def frame_start(self, index: int) -> int:
         return self.frame_ends[index - 1] if index else 0
