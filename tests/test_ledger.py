@@ -216,6 +216,36 @@ def test_balancing_debit_moves_what_is_available(ledger):
         == Code.EXCEEDS_CREDITS
 
 
+def test_balancing_credit_moves_what_the_credit_account_may_take(ledger):
+    assert post_one(ledger, T(1, CREDIT_LIMITED, PLAIN, 40)) == Code.OK
+    assert post_one(ledger, T(2, OTHER, CREDIT_LIMITED, 100, flags=TransferFlags.BALANCING_CREDIT)) == Code.OK
+    assert ledger.lookup_transfers([2])[0].amount == 40
+    assert balances(ledger, CREDIT_LIMITED) == (0, 40, 0, 40)
+    assert post_one(ledger, T(3, OTHER, CREDIT_LIMITED, 1, flags=TransferFlags.BALANCING_CREDIT)) \
+        == Code.EXCEEDS_DEBITS
+
+
+def test_a_pending_amount_counts_against_the_balance_limit(ledger):
+    assert post_one(ledger, T(1, PLAIN, DEBIT_LIMITED, 100)) == Code.OK
+    assert post_one(ledger, T(2, DEBIT_LIMITED, OTHER, 80, flags=PENDING)) == Code.OK
+    assert post_one(ledger, T(3, DEBIT_LIMITED, OTHER, 21)) == Code.EXCEEDS_CREDITS
+    assert post_one(ledger, T(4, 0, 0, 0, flags=VOID, pending_id=2)) == Code.OK
+    assert post_one(ledger, T(5, DEBIT_LIMITED, OTHER, 21)) == Code.OK
+
+
+def test_a_chained_transfer_retried_alone_is_recognised(ledger):
+    assert ledger.create_transfers([T(1, PLAIN, OTHER, 10, flags=LINKED), T(2, OTHER, WITH_HISTORY, 1)],
+                                   NOW_NS) == [0, 0]
+    assert post_one(ledger, T(1, PLAIN, OTHER, 10)) == Code.EXISTS
+
+
+def test_a_balance_failure_inside_a_chain_is_remembered_after_the_rollback(ledger):
+    codes = ledger.create_transfers([T(1, PLAIN, OTHER, 10, flags=LINKED), T(2, DEBIT_LIMITED, OTHER, 5)], NOW_NS)
+    assert codes == [Code.LINKED_EVENT_FAILED, Code.EXCEEDS_CREDITS]
+    assert post_one(ledger, T(1, PLAIN, OTHER, 10)) == Code.OK
+    assert post_one(ledger, T(2, DEBIT_LIMITED, OTHER, 5)) == Code.ID_ALREADY_FAILED
+
+
 def test_timestamps_are_unique_and_increase_even_when_the_clock_stands_still(ledger):
     assert ledger.create_transfers([T(i, PLAIN, OTHER, 1) for i in range(1, 6)], NOW_NS - 10**12) == [0] * 5
     stamps = [t.timestamp for t in ledger.lookup_transfers(range(1, 6))]
