@@ -511,42 +511,37 @@ class Ledger:
             raise ValueError(f"ledger journal: truncated or inconsistent: {error!r}") from error
 
     def _apply_records(self, blob: bytes) -> None:
-        offset = 0
-        while offset < len(blob):
-            kind = blob[offset]
-            offset += 1
-            if kind == JOURNAL_ACCOUNT:
-                self._replay_account(ACCOUNT_RECORD.unpack_from(blob, offset))
-                offset += ACCOUNT_RECORD.size
-            elif kind == JOURNAL_TRANSFER:
-                self._replay_transfer(_transfer_from_fields(TRANSFER_RECORD.unpack_from(blob, offset)))
-                offset += TRANSFER_RECORD.size
-            elif kind == JOURNAL_FAILED:
-                lo, hi = FAILED_RECORD.unpack_from(blob, offset)
-                self._failed_ids.add(lo | hi << 64)
-                offset += FAILED_RECORD.size
-            elif kind == JOURNAL_EXPIRED:
-                lo, hi, timestamp = EXPIRED_RECORD.unpack_from(blob, offset)
-                self._replay_expiry(lo | hi << 64, timestamp)
-                offset += EXPIRED_RECORD.size
+        for kind, record in iter_journal_records(blob):
+            if kind == "account":
+                self._replay_account(record)
+            elif kind == "transfer":
+                self._replay_transfer(record)
+            elif kind == "failed":
+                self._replay_failed(record)
             else:
-                raise ValueError(f"ledger journal: unknown record kind {kind} at byte {offset - 1}")
+                self._replay_expiry(*record)
         self._undo.clear()
 
-    def _replay_account(self, fields: tuple) -> None:
-        id_, ud_lo, ud_hi, ud64, timestamp, ledger, ud32, code, flags = fields
-        if id_ in self._accounts:
-            raise ValueError(f"ledger journal: account {id_} created twice")
-        self._accounts[id_] = Account(id_, ledger, code, flags, ud_lo | ud_hi << 64, ud64, ud32, timestamp=timestamp)
-        self._timestamp_last = max(self._timestamp_last, timestamp)
+    def _replay_account(self, account: Account) -> None:
+        if account.id in self._accounts:
+            raise ValueError(f"ledger journal: account {account.id} created twice")
+        self._accounts[account.id] = account
+        self._timestamp_last = max(self._timestamp_last, account.timestamp)
+
+    def _replay_failed(self, transfer_id: int) -> None:
+        if transfer_id in self._failed_ids or transfer_id in self._transfers:
+            raise ValueError(f"ledger journal: failed id {transfer_id} is already known")
+        self._failed_ids.add(transfer_id)
 
     def _replay_transfer(self, t: Transfer) -> None:
-        if t.id in self._transfers:
+        if t.id in self._transfers or t.id in self._failed_ids:
             raise ValueError(f"ledger journal: transfer {t.id} applied twice")
         debit = self._accounts[t.debit_account_id]
         credit = self._accounts[t.credit_account_id]
         self._timestamp_last = max(self._timestamp_last, t.timestamp)
         if t.flags & (TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER):
+            if self._status.get(t.pending_id) != STATUS_PENDING:
+                raise ValueError(f"ledger journal: transfer {t.id} resolves no open pending transfer")
             self._insert_transfer(t, STATUS_POSTED)
             self._apply_resolution(self._transfers[t.pending_id], t,
                                    bool(t.flags & TransferFlags.POST_PENDING_TRANSFER))
