@@ -69,6 +69,7 @@ def feed(stream: bytes, frame_bytes_max: int, seed: int) -> tuple[list[bytes], C
         window.release()
         buffer.wrote(count)
         pos += count
+        # The capacity is what the limit bounds, and FrameBuffer has no public accessor for it.
         check(len(buffer._data) <= frame_bytes_max + PREFIX_BYTES, "buffer grew past one maximal frame",
               frame_bytes_max, len(buffer._data))
         try:
