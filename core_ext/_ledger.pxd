@@ -71,6 +71,14 @@ cdef struct ExpiryC:
     int64_t row
 
 
+cdef struct ChainMarkC:
+    Py_ssize_t account_rows
+    Py_ssize_t transfer_rows
+    Py_ssize_t history_rows
+    Py_ssize_t journal_size
+    uint64_t timestamp_last
+
+
 cdef packed struct AccountRecordC:
     uint64_t id
     uint64_t user_data_128_lo
@@ -180,6 +188,10 @@ cdef class Ledger:
     cdef int _expire_one(self, int64_t row, uint64_t timestamp) except -1
     cdef ExpiryC _pop_expiry(self) noexcept
     cdef void _prefetch_transfer(self, const TransferC* t) noexcept
+    cdef int _create_one(self, bint is_transfer, void* events, uint16_t* precodes, uint8_t* linked,
+                         Py_ssize_t index, Py_ssize_t count, uint64_t now_ns, ChainMarkC* mark) except -1
+    cdef void _mark_chain(self, ChainMarkC* mark) noexcept
+    cdef void _rollback_chain(self, ChainMarkC* mark) noexcept
     cdef int _rehash_accounts(self, uint64_t slot_count) except -1
     cdef int _rehash_transfers(self, uint64_t slot_count) except -1
     cdef void _free_state(self) noexcept

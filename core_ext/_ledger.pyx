@@ -741,52 +741,64 @@ cdef class Ledger:
         cdef Py_ssize_t index, earlier, chain_start = 0
         cdef bint chain_failed = False
         cdef int code
-        # Where the open chain began, to truncate back to on failure.
-        cdef Py_ssize_t undo_mark = 0, account_mark = self.account_rows, transfer_mark = self.transfer_rows
-        cdef Py_ssize_t history_mark = self.history_rows, journal_mark = self.journal_size
-        cdef uint64_t timestamp_mark = self.timestamp_last
+        cdef ChainMarkC mark                  # where the open chain began
         if is_transfer:
             self._reserve(0, count)
         else:
             self._reserve(count, 0)
-        self.undo_count = 0
+        self._mark_chain(&mark)
         for index in range(count):
             if is_transfer and index + PREFETCH_DISTANCE < count:
                 self._prefetch_transfer(&(<TransferC*>events)[index + PREFETCH_DISTANCE])
             if chain_failed:
                 results[index] = CODE_LINKED_EVENT_FAILED
             else:
-                if linked[index] and index == count - 1:
-                    code = CODE_LINKED_EVENT_CHAIN_OPEN
-                elif precodes[index]:
-                    code = precodes[index]
-                elif is_transfer:
-                    code = self._create_transfer(&(<TransferC*>events)[index], now_ns)
-                else:
-                    code = self._create_account(&(<AccountC*>events)[index], now_ns)
+                code = self._create_one(is_transfer, events, precodes, linked, index, count, now_ns, &mark)
                 results[index] = code
                 if code:
-                    self._rollback(undo_mark)
-                    self.account_rows = account_mark
-                    self.transfer_rows = transfer_mark
-                    self.history_rows = history_mark
-                    self.journal_size = journal_mark
-                    self.timestamp_last = timestamp_mark
+                    self._rollback_chain(&mark)
                     for earlier in range(chain_start, index):
                         results[earlier] = CODE_LINKED_EVENT_FAILED
                     chain_failed = True
                     if is_transfer and _is_failure_forever(code):
                         self._remember_failed(&(<TransferC*>events)[index])
             if not linked[index]:
-                self.undo_count = 0
                 chain_start = index + 1
                 chain_failed = False
-                account_mark = self.account_rows
-                transfer_mark = self.transfer_rows
-                history_mark = self.history_rows
-                journal_mark = self.journal_size
-                timestamp_mark = self.timestamp_last
+                self._mark_chain(&mark)
         return 0
+
+    cdef int _create_one(self, bint is_transfer, void* events, uint16_t* precodes, uint8_t* linked,
+                         Py_ssize_t index, Py_ssize_t count, uint64_t now_ns, ChainMarkC* mark) except -1:
+        """One event's code; if it raises (out of memory), its open chain is undone first."""
+        if linked[index] and index == count - 1:
+            return CODE_LINKED_EVENT_CHAIN_OPEN
+        if precodes[index]:
+            return precodes[index]
+        try:
+            if is_transfer:
+                return self._create_transfer(&(<TransferC*>events)[index], now_ns)
+            return self._create_account(&(<AccountC*>events)[index], now_ns)
+        except BaseException:
+            self._rollback_chain(mark)
+            raise
+
+    cdef void _mark_chain(self, ChainMarkC* mark) noexcept:
+        self.undo_count = 0
+        mark.account_rows = self.account_rows
+        mark.transfer_rows = self.transfer_rows
+        mark.history_rows = self.history_rows
+        mark.journal_size = self.journal_size
+        mark.timestamp_last = self.timestamp_last
+
+    cdef void _rollback_chain(self, ChainMarkC* mark) noexcept:
+        """Undo everything since the mark: the ledger is as it was before the chain."""
+        self._rollback(0)
+        self.account_rows = mark.account_rows
+        self.transfer_rows = mark.transfer_rows
+        self.history_rows = mark.history_rows
+        self.journal_size = mark.journal_size
+        self.timestamp_last = mark.timestamp_last
 
     cdef void _prefetch_transfer(self, const TransferC* t) noexcept:
         LEDGER_PREFETCH(&self.transfer_slots[_hash128(t.id_lo, t.id_hi) & self.transfer_mask])

@@ -229,7 +229,7 @@ class Ledger:
                 if linked and index == len(events) - 1:
                     code = int(Code.LINKED_EVENT_CHAIN_OPEN)
                 else:
-                    code = create_one(event, now_ns)
+                    code = self._create_one(create_one, event, now_ns)
                 if code:
                     code = int(code)
                     self._rollback()
@@ -244,6 +244,14 @@ class Ledger:
                 chain_start = index + 1
                 chain_failed = False
         return results
+
+    def _create_one(self, create_one, event, now_ns: int) -> int:
+        """One event's code; if it raises (out of memory), its open chain is undone first."""
+        try:
+            return create_one(event, now_ns)
+        except BaseException:
+            self._rollback()
+            raise
 
     def create_accounts(self, accounts: list[Account], now_ns: int) -> list[int]:
         """One code per account (0 = created); see the module docstring for batches."""
