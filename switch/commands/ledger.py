@@ -13,7 +13,8 @@ import click
 from core_ext.reference.ledger import accounts_from_checkpoint, iter_journal_records
 from switch import storage
 
-DEFAULT_DATA_DIR = "var"
+# Where `make run` (switch.demo --data var) keeps its LMDB.
+DEFAULT_DATA_DIR = "var/lmdb"
 ROWS_DEFAULT = 50
 
 
