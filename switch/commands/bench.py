@@ -38,7 +38,8 @@ def _run_options(function):
                      help="Generator processes; connections are split over them and their histograms merged."),
         click.option("--stream-items", type=click.IntRange(1, 100_000_000), default=400_000, show_default=True,
                      help="Closed loop: payments pre-encoded before the run; past them the stream wraps (reported)."),
-        click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), help="Write the report here."),
+        click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+                     help="Write the report here."),
         click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
                      help="Write latency over time and the percentile curve here (PNG)."),
         click.option("--quiet", is_flag=True, help="No live progress line."),
@@ -52,7 +53,8 @@ def bench() -> None:
 
 
 @bench.command("workload")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for switch.toml and workload.json.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for switch.toml and workload.json.")
 @click.option("--payers", type=click.IntRange(1), default=10_000, show_default=True)
 @click.option("--merchants", type=click.IntRange(1), default=1_000, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)

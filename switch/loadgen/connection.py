@@ -100,7 +100,8 @@ class LoadConnection(asyncio.Protocol):
         while (message := self._next_object()) is not None:
             if isinstance(message, list) and message and message[0] == "challenge":
                 _, _, nonce = protocol.decode_challenge(message)
-                self.transport.write(protocol.pack_frame(protocol.auth_message(self.participant_id, self.secret, nonce)))
+                auth = protocol.auth_message(self.participant_id, self.secret, nonce)
+                self.transport.write(protocol.pack_frame(auth))
             elif isinstance(message, list) and len(message) == 3 and message[:2] == [0, Code.OK]:
                 self.handshaking = False
                 self.ready.set_result(message[2])

@@ -7,7 +7,8 @@ bounds every figure it reports against the real switch.
 
 With `service_s` set it becomes a slow server with one worker for all its connections: each
 frame is answered `service_s` after the previous answer on any connection (or after it arrived,
-if later), so an offered rate above 1/service_s builds a queue -- the fake slow peer that shows an open-loop run measuring that queueing delay.
+if later), so an offered rate above 1/service_s builds a queue -- the fake slow peer that shows
+an open-loop run measuring that queueing delay.
 """
 from __future__ import annotations
 

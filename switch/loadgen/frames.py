@@ -92,7 +92,8 @@ class FrameRing:
         self.epoch += 1
 
     def _patch(self, first: int, end: int) -> None:
-        epoch, buffer, offsets, starts, patched = self.epoch, self.buffer, self.id_offsets, self.id_starts, self.epochs_patched
+        epoch, buffer, patched = self.epoch, self.buffer, self.epochs_patched
+        offsets, starts = self.id_offsets, self.id_starts
         for frame in range(first, end):
             delta = patched[frame] ^ epoch
             if not delta:

@@ -79,7 +79,8 @@ def summary_text(report: dict) -> str:
         cost_us = report["generator_cpu_us_per_payment"]
         lines.append(f"generator CPU {cost_us:.2f} us/payment (one-core ceiling ~{1e6 / cost_us:,.0f}/s)")
     if report.get("unanswered_frames"):
-        lines.append(f"WARNING: {report['unanswered_frames']:,d} frames never answered: the latencies are a lower bound")
+        lines.append(f"WARNING: {report['unanswered_frames']:,d} frames never answered: "
+                     "the latencies are a lower bound")
     if report.get("stream_wraps"):
         lines.append(f"WARNING: the stream wrapped {report['stream_wraps']} times: raise --stream-items")
     for error in report.get("errors", [])[:5]:

@@ -104,7 +104,8 @@ def plan_connections(workload: dict, items: list[Item], connection_count: int) -
 # ---- one worker process ------------------------------------------------------------
 
 class Worker:
-    def __init__(self, settings: RunSettings, plans: list[ConnectionPlan], progress_slot: Callable[[int], None]) -> None:
+    def __init__(self, settings: RunSettings, plans: list[ConnectionPlan],
+                 progress_slot: Callable[[int], None]) -> None:
         self.settings = settings
         self.plans = plans
         self.progress_slot = progress_slot
@@ -164,7 +165,7 @@ class Worker:
         # Each connection offers its share of this worker's share of the rate.
         worker_rate = settings.rate_per_s * len(connections) / settings.connections
         schedules = []
-        for position, (connection, plan) in enumerate(zip(connections, self.plans)):
+        for connection, plan in zip(connections, self.plans):
             frames_per_s = worker_rate * len(plan.items) / items_total / settings.batch_items
             interval_ns = max(1, int(1e9 / frames_per_s))
             offset_ns = plan.index * interval_ns // settings.connections
@@ -185,14 +186,18 @@ class Worker:
             await asyncio.sleep((wait_ns - SPIN_THRESHOLD_NS) / 1e9 if wait_ns > SPIN_THRESHOLD_NS else 0)
 
     async def _drain(self) -> None:
+        """Wait for the answers still in flight on open connections, up to the drain timeout;
+        whatever stays unanswered (there, or on a connection that was lost) is reported."""
         deadline_ns = time.monotonic_ns() + int(self.settings.drain_timeout_s * 1e9)
         while time.monotonic_ns() < deadline_ns:
-            pending = sum(c.in_flight_frames() for c in self.connections if not c.transport.is_closing())
-            if not pending:
-                return
+            if not any(c.in_flight_frames() for c in self.connections if not c.transport.is_closing()):
+                break
             await asyncio.sleep(0.005)
-        self.recorder.unanswered_frames = pending
-        self.recorder.errors.append(f"{pending} frames still unanswered {self.settings.drain_timeout_s} s after the end")
+        unanswered = sum(connection.in_flight_frames() for connection in self.connections)
+        if unanswered:
+            self.recorder.unanswered_frames = unanswered
+            self.recorder.errors.append(f"{unanswered} frames unanswered at the end of the drain "
+                                        f"({self.settings.drain_timeout_s} s at most)")
 
     async def _measure_cpu(self, measure_start_ns: int) -> None:
         """This process's CPU seconds in the measured window: the generator's cost per payment,
@@ -257,8 +262,8 @@ class RunFailed(RuntimeError):
     pass
 
 
-def run(settings: RunSettings, plans: list[ConnectionPlan], progress_line: Callable[[float, str, int], None] | None = None
-        ) -> list[dict]:
+def run(settings: RunSettings, plans: list[ConnectionPlan],
+        progress_line: Callable[[float, str, int], None] | None = None) -> list[dict]:
     """Fork the workers, start them together, relay progress, collect their recordings."""
     settings.check()
     context = multiprocessing.get_context("fork")
