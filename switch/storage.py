@@ -95,7 +95,12 @@ def open_environment(path: str | os.PathLike, *, readonly: bool, durability: str
 def iterate_journal(env: lmdb.Environment, after_sequence: int = 0, upto_sequence: int | None = None):
     """(sequence, [(name, blob)]) for each stored batch, in order."""
     journal = env.open_db(b"journal", create=False)
-    with env.begin(db=journal, buffers=False) as txn:
+    try:
+        txn = env.begin(db=journal, buffers=False)
+    except lmdb.MapResizedError:
+        env.set_mapsize(0)                      # the writer grew the map: adopt its size
+        txn = env.begin(db=journal, buffers=False)
+    with txn:
         cursor = txn.cursor()
         if not cursor.set_range(encode_sequence(after_sequence + 1)):
             return
@@ -231,7 +236,9 @@ class Storage:
         if len(value) > limits.JOURNAL_RECORD_BYTES_MAX:
             raise StorageError(f"batch journal of {len(value)} bytes is past journal_record_bytes_max")
         sequence = self.sequence + 1
-        checkpoint_due = sequence - self.checkpoint_sequence >= self.checkpoint_interval_batches
+        # The first batch is checkpointed too, so `ledger check` has balances to compare from the start.
+        checkpoint_due = (self.checkpoint_sequence == 0
+                          or sequence - self.checkpoint_sequence >= self.checkpoint_interval_batches)
         checkpoints = self._checkpoints_now() if checkpoint_due else []
         self._write(sequence, value, checkpoints)
         self.sequence = sequence

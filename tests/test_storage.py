@@ -118,12 +118,14 @@ def test_checkpoints_are_written_every_interval_and_on_close(impl, tmp_path):
     ledger = impl.Ledger()
     with Storage.open(tmp_path, [ledger], checkpoint_interval_batches=3) as store:
         _fill(ledger, batches=1, store=store)
-        assert storage.read_checkpoint(store.env, "ledger") is None
+        assert storage.read_checkpoint(store.env, "ledger")[0] == 1
         _fill(ledger, batches=1, first_id=1000, store=store)
-        assert storage.read_checkpoint(store.env, "ledger")[0] == 3
+        assert storage.read_checkpoint(store.env, "ledger")[0] == 1
         _fill(ledger, batches=1, first_id=2000, store=store)
+        assert storage.read_checkpoint(store.env, "ledger")[0] == 4
+        _fill(ledger, batches=1, first_id=3000, store=store)
     env = storage.open_environment(tmp_path, readonly=True)
-    assert storage.read_checkpoint(env, "ledger")[0] == 4
+    assert storage.read_checkpoint(env, "ledger")[0] == 5
     env.close()
 
 
