@@ -37,8 +37,11 @@ Time
     Nothing here reads the clock.  Each applied event (and each expiry) takes
     timestamp max(now_ns, last + 1): unique and strictly increasing.
 
-State changes are journaled as effects (core_ext/ledger_journal format, shared
-byte for byte with the compiled core) so storage can replay them exactly.
+State changes are journaled as effects, never as inputs to re-decide: one kind
+byte and a fixed little-endian record per created account, applied transfer (as
+stored, with its timestamp and resolved amount), remembered failed id and expiry
+(the *_RECORD layouts below; the compiled core writes the same bytes), so
+storage can replay them exactly without the clock.
 """
 from __future__ import annotations
 
