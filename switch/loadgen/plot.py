@@ -47,7 +47,9 @@ def _plot_over_time(axes, report: dict) -> None:
     axes.set_yscale("log")
     axes.grid(True, which="both", alpha=0.3)
     counts = axes.twinx()
-    counts.bar(seconds, [point["count"] for point in timeline], width=0.6, alpha=0.15, color="gray", align="edge")
+    interval_s = seconds[1] - seconds[0] if len(seconds) > 1 else 1.0
+    counts.bar(seconds, [point["count"] for point in timeline], width=0.8 * interval_s, alpha=0.15, color="gray",
+               align="edge")
     counts.set_ylabel("payments answered per interval")
     axes.legend(loc="upper left")
     axes.set_title("latency over time")
