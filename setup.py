@@ -37,6 +37,20 @@ def write_generated_pxi() -> None:
             target.write_text(text)
 
 
+def build_mode_changed() -> bool:
+    """True when the last cythonize ran in the other mode.
+
+    Cython only regenerates a .c file when its sources changed, so after a
+    debug build a "release" build would otherwise compile the old traced C
+    (13x slower QR validation was seen) while build_info() says release.
+    """
+    stamp = ROOT / "core_ext" / ".build_mode"
+    mode = "debug" if DEBUG else "release"
+    previous = stamp.read_text() if stamp.exists() else ""
+    stamp.write_text(mode)
+    return previous != mode
+
+
 def extensions() -> list:
     from Cython.Build import cythonize
 
@@ -66,6 +80,7 @@ def extensions() -> list:
         compiler_directives=directives,
         annotate=DEBUG or os.environ.get("SWITCH_ANNOTATE", "") == "1",
         nthreads=int(os.environ.get("SWITCH_BUILD_JOBS", "2")),
+        force=build_mode_changed(),
     )
 
 
