@@ -38,6 +38,11 @@ KNOWN_FINDINGS = {
         "length); docs/PROTOCOL.md says any ext is MSGPACK_LIMIT_EXCEEDED, but [1, 'ping', ExtType(5, b'')] "
         "is answered INVALID_ARGUMENTS",
         "TOLERATE_ZERO_LENGTH_EXT"),
+    ("rules_config", "crash-negative-journal-time"): (
+        "F2 core_ext/_rules.pyx vs core_ext/reference/rules.py: apply_journal of a record with now_ns < 0 "
+        "(only a corrupt journal has one) succeeds in both engines but leaves different state hashes; "
+        "expected both to refuse it with ValueError (or to agree)",
+        "TOLERATE_NEGATIVE_JOURNAL_TIME"),
 }
 
 

@@ -27,7 +27,7 @@ from harness import check
 import core_ext
 from core_ext import limits
 from core_ext.rules_types import (
-    JOURNAL_VERSION, NS_PER_SECOND, PaymentContext, RuleSet, RuleSetError, load_ruleset,
+    JOURNAL_VERSION, NS_PER_SECOND, PaymentContext, RuleSet, RuleSetError, journal_records, load_ruleset,
 )
 
 TARGET = "rules_config"
@@ -40,6 +40,12 @@ PAYMENTS_PER_INPUT = 12
 T0_NS = 1_800_000_000 * NS_PER_SECOND
 U64_MAX = 2**64 - 1
 JOURNAL_RULES = load_ruleset('[ruleset]\nname = "journal"\n')
+# Finding F2 (open; reproducer corpus/rules_config/crash-negative-journal-time, xfail in
+# tests/test_fuzz_short.py): a journal record with a negative time (only a corrupt
+# journal has one: observe refuses now_ns < 0) is applied by both engines, to
+# different states.  Tolerated here so that long runs look past it; when the
+# engines refuse such a record (or agree on it) the xfail fails and this goes.
+TOLERATE_NEGATIVE_JOURNAL_TIME = True
 
 
 def check_ruleset(text: str) -> RuleSet | None:
@@ -113,7 +119,13 @@ def check_journal(blob: bytes) -> None:
             outcomes.append(("refused", type(error).__name__))
         else:
             outcomes.append(("applied", engine.state_hash()))
+    if TOLERATE_NEGATIVE_JOURNAL_TIME and outcomes[0][0] == outcomes[1][0] == "applied" and _negative_time(blob):
+        return
     check(outcomes[0] == outcomes[1], "compiled and twin treat a journal blob differently", blob, *outcomes)
+
+
+def _negative_time(blob: bytes) -> bool:
+    return any(record[0] < 0 for record in journal_records(blob))
 
 
 def test_one_input(data: bytes) -> None:
