@@ -40,8 +40,9 @@ KNOWN_FINDINGS = {
         "TOLERATE_ZERO_LENGTH_EXT"),
     ("rules_config", "crash-negative-journal-time"): (
         "F2 core_ext/_rules.pyx vs core_ext/reference/rules.py: apply_journal of a record with now_ns < 0 "
-        "(only a corrupt journal has one) succeeds in both engines but leaves different state hashes; "
-        "expected both to refuse it with ValueError (or to agree)",
+        "(only a corrupt journal has one) succeeds in both engines but leaves different state hashes "
+        "(cdivision: C // and % truncate, so a slot index goes negative, out of bounds with boundscheck off); "
+        "expected both to refuse it with ValueError, e.g. in rules_types.journal_records",
         "TOLERATE_NEGATIVE_JOURNAL_TIME"),
 }
 
