@@ -245,10 +245,10 @@ class TestRuns:
         assert report["latency_us"]["max"] > 700_000
         assert report["send_lag_us"]["p99"] < 50_000   # the generator itself was on time
 
-    def test_open_loop_at_a_rate_the_peer_keeps_up_with_stays_fast(self, small_workload):
+    def test_open_loop_offers_its_rate_split_over_processes(self, small_workload):
         with echo_peer() as port:
-            settings = RunSettings(port=port, mode="open", rate_per_s=2_000, connections=4, warmup_s=0.2,
-                                   duration_s=0.8)
+            settings = RunSettings(port=port, mode="open", rate_per_s=2_000, connections=4, processes=2,
+                                   warmup_s=0.2, duration_s=0.8)
             report = run_load(small_workload, settings)
         assert report["count"] == pytest.approx(1_600, rel=0.05)
         assert report["throughput_per_s"] == pytest.approx(2_000, rel=0.05)
