@@ -10,6 +10,8 @@ BUILT := core_ext/.built
 DATA ?= var
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 300
+SOAK_KILLS ?= 100
+SOAK_SEED ?= 1
 
 .PHONY: run test bench debug annotate profile fuzz soak build clean docs
 
@@ -34,6 +36,11 @@ annotate: $(INSTALLED)
 # Every atheris target of tests/fuzz for FUZZ_SECONDS each; prints executions and findings per target.
 fuzz: build
 	$(PY) tests/fuzz/run_all.py --seconds $(FUZZ_SECONDS)
+
+# SIGKILL the serving switch under load SOAK_KILLS times (seeded), retry, check nothing acknowledged was lost.
+soak: build
+	$(PY) -m bench.soak --kills $(SOAK_KILLS) --seed $(SOAK_SEED) --durability fsync
+	SWITCH_CRASH_ROUNDS=200 $(PY) -m pytest tests/test_crash.py -q
 
 docs: $(INSTALLED)
 	$(PY) -m core_ext.codes --markdown > docs/ERRORS.md
