@@ -92,7 +92,7 @@ EXPIRED_RECORD = struct.Struct("<QQQ")          # pending id lo/hi, timestamp
 ACCOUNT_STATE = struct.Struct("<QQQQQIIHHQQQQ")
 TRANSFER_STATE = struct.Struct("<QQQQQQQQQQQIIIHHB")
 
-_LO = U64_MAX
+_LOW_64_BITS = U64_MAX
 
 
 def _is_uint(value, maximum: int) -> bool:
@@ -106,13 +106,13 @@ def is_linked(flags) -> bool:
 
 def pack_account(a: Account) -> bytes:
     return ACCOUNT_RECORD.pack(
-        a.id, a.user_data_128 & _LO, a.user_data_128 >> 64, a.user_data_64, a.timestamp,
+        a.id, a.user_data_128 & _LOW_64_BITS, a.user_data_128 >> 64, a.user_data_64, a.timestamp,
         a.ledger, a.user_data_32, a.code, a.flags)
 
 
 def pack_account_state(a: Account) -> bytes:
     return ACCOUNT_STATE.pack(
-        a.id, a.user_data_128 & _LO, a.user_data_128 >> 64, a.user_data_64, a.timestamp,
+        a.id, a.user_data_128 & _LOW_64_BITS, a.user_data_128 >> 64, a.user_data_64, a.timestamp,
         a.ledger, a.user_data_32, a.code, a.flags,
         a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
 
@@ -124,8 +124,8 @@ def unpack_account_state(blob: bytes, offset: int) -> Account:
 
 
 def _transfer_fields(t: Transfer) -> tuple:
-    return (t.id & _LO, t.id >> 64, t.debit_account_id, t.credit_account_id, t.amount,
-            t.pending_id & _LO, t.pending_id >> 64, t.user_data_128 & _LO, t.user_data_128 >> 64,
+    return (t.id & _LOW_64_BITS, t.id >> 64, t.debit_account_id, t.credit_account_id, t.amount,
+            t.pending_id & _LOW_64_BITS, t.pending_id >> 64, t.user_data_128 & _LOW_64_BITS, t.user_data_128 >> 64,
             t.user_data_64, t.timestamp, t.user_data_32, t.timeout, t.ledger, t.code, t.flags)
 
 
@@ -457,7 +457,7 @@ class Ledger:
 
     def _remember_failed(self, transfer_id: int) -> None:
         self._failed_ids.add(transfer_id)
-        self._journal += bytes([JOURNAL_FAILED]) + FAILED_RECORD.pack(transfer_id & _LO, transfer_id >> 64)
+        self._journal += bytes([JOURNAL_FAILED]) + FAILED_RECORD.pack(transfer_id & _LOW_64_BITS, transfer_id >> 64)
 
     def _move(self, debit: Account, credit: Account, amount: int, *, pending_delta: int, posted_delta: int,
               timestamp: int) -> None:
@@ -499,7 +499,7 @@ class Ledger:
             credit = self._accounts[p.credit_account_id]
             self._move(debit, credit, p.amount, pending_delta=-p.amount, posted_delta=0, timestamp=expiry_timestamp)
             self._journal += bytes([JOURNAL_EXPIRED]) + EXPIRED_RECORD.pack(
-                transfer_id & _LO, transfer_id >> 64, expiry_timestamp)
+                transfer_id & _LOW_64_BITS, transfer_id >> 64, expiry_timestamp)
             released += 1
         self._undo.clear()
         return released
@@ -583,7 +583,7 @@ class Ledger:
         for transfer in self._transfers.values():
             out += TRANSFER_STATE.pack(*_transfer_fields(transfer), self._status[transfer.id])
         for failed_id in sorted(self._failed_ids):
-            out += FAILED_RECORD.pack(failed_id & _LO, failed_id >> 64)
+            out += FAILED_RECORD.pack(failed_id & _LOW_64_BITS, failed_id >> 64)
         return bytes(out)
 
     def state_hash(self) -> bytes:
