@@ -19,6 +19,20 @@ from switch.storage import Storage
 ACCOUNT_COUNT = 50
 
 
+def _next_transfer(rng: random.Random, transfer_id: int, pending_ids: list[int]) -> Transfer:
+    """Mostly payments, some linked; some two-phase: reserve (expiring in a second), then post or void."""
+    choice = rng.random()
+    if choice < 0.15 and pending_ids:
+        flags = rng.choice([TransferFlags.POST_PENDING_TRANSFER, TransferFlags.VOID_PENDING_TRANSFER])
+        return Transfer(transfer_id, 0, 0, 0, 0, 0, flags, pending_id=pending_ids.pop(rng.randrange(len(pending_ids))))
+    debit, credit = rng.sample(range(1, ACCOUNT_COUNT + 1), 2)
+    if choice < 0.3:
+        pending_ids.append(transfer_id)
+        return Transfer(transfer_id, debit, credit, rng.randint(1, 1000), 356, 1, TransferFlags.PENDING, timeout=1)
+    flags = TransferFlags.LINKED if rng.random() < 0.2 else 0
+    return Transfer(transfer_id, debit, credit, rng.randint(1, 1000), 356, 1, flags)
+
+
 def main() -> None:
     data_dir, seed, durability, first_id = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     rng = random.Random(seed)
@@ -32,15 +46,16 @@ def main() -> None:
         storage.commit()
     print("ready", flush=True)
     next_id = first_id
+    pending_ids: list[int] = []
     while True:
         batch = []
         for _ in range(rng.choice([1, 10, 200])):
-            debit, credit = rng.sample(range(1, ACCOUNT_COUNT + 1), 2)
-            flags = TransferFlags.LINKED if rng.random() < 0.2 else 0
-            batch.append(Transfer(next_id, debit, credit, rng.randint(1, 1000), 356, 1, flags))
+            batch.append(_next_transfer(rng, next_id, pending_ids))
             next_id += 1
-        batch[-1].flags = 0
-        codes = ledger.create_transfers(batch, time.time_ns())
+        batch[-1].flags &= ~TransferFlags.LINKED
+        now_ns = time.time_ns()
+        ledger.expire_pending(now_ns)
+        codes = ledger.create_transfers(batch, now_ns)
         sequence = storage.commit()
         applied = [str(t.id) for t, code in zip(batch, codes) if code == 0]
         print(f"ack {sequence} {','.join(applied)}", flush=True)
