@@ -261,6 +261,10 @@ _ENTRIES: list[Entry] = [
           "The batch could not be committed (disk full, I/O error); nothing in it was applied. Retry with the same ids."),
     Entry(602, "SHUTTING_DOWN", "system", "The switch is stopping and takes no new requests; nothing was applied."),
     Entry(603, "INTERNAL_ERROR", "system", "A bug: nothing was applied, and the operator has a log entry."),
+    Entry(604, "RULES_INVALID", "system",
+          "The rule set given to reload_rules (or the rules file re-read on SIGHUP) is not valid; the running rule set is unchanged."),
+    Entry(605, "RULES_NOT_CONFIGURED", "system",
+          "The switch runs without a rules engine (no `rules` file in its configuration): there is no rule set to reload."),
 ]
 
 Code = enum.IntEnum("Code", [(entry.name, entry.value) for entry in _ENTRIES])

@@ -131,6 +131,13 @@ MERCHANT_NAME_CHARS_MAX = 99
 MERCHANT_ID_CHARS_MAX = 255
 USED_QR_COUNT_MAX = 10_000_000
 
+# ---- operations -------------------------------------------------------------------
+# Held payments one list_pending page may return (each item is a map of 12 fields).
+LIST_PENDING_ITEMS_MAX = 1000
+# Chunks of a reload_rules rule set: each chunk is one msgpack str of at most
+# string_bytes_max bytes, so a rule set travels within the protocol's own limits.
+RELOAD_RULES_CHUNKS_MAX = 4096
+
 LIMITS: dict[str, int] = {
     name: value for name, value in globals().items()
     if name.isupper() and isinstance(value, int)

@@ -335,6 +335,34 @@ class AsyncClient:
     async def ping(self) -> None:
         await self.request(protocol.OP_PING, None)
 
+    # ---- operator operations (docs/PROTOCOL.md 4.8-4.10) ---------------------------------
+
+    async def stats(self) -> dict:
+        """The switch's statistics: counters, histograms, rule counters, build, durability."""
+        return await self.request(protocol.OP_STATS, None)
+
+    async def reload_rules(self, toml_text: str) -> dict:
+        """Swap the running rule set; returns {"name", "hash"}. A refused rule set raises
+        SwitchError(RULES_INVALID) with the reason, and the running set stays."""
+        code, result = await self.request_nowait(protocol.OP_RELOAD_RULES, protocol.split_text(toml_text))
+        if code != Code.OK:
+            raise SwitchError(code, result if isinstance(result, str) else protocol.OP_RELOAD_RULES)
+        return result
+
+    async def list_pending(self, after_cursor: int = 0, limit: int = limits.LIST_PENDING_ITEMS_MAX) -> dict:
+        """One page of payments held for review: {"items", "next", "total", "now_ns"}."""
+        return await self.request(protocol.OP_LIST_PENDING, {"after": after_cursor, "limit": limit})
+
+    async def all_pending(self, page_items: int = limits.LIST_PENDING_ITEMS_MAX) -> list[dict]:
+        """Every held payment, page by page, oldest first."""
+        items, cursor = [], 0
+        while True:
+            page = await self.list_pending(cursor, page_items)
+            items += page["items"]
+            if page["next"] is None:
+                return items
+            cursor = page["next"]
+
 
 _TRANSFER_INPUT_FIELDS = ("id", "debit_account_id", "credit_account_id", "amount", "ledger", "code", "flags",
                           "pending_id", "timeout", "user_data_128", "user_data_64", "user_data_32")

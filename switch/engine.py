@@ -28,6 +28,7 @@ from core_ext.codes import Code
 from core_ext.types import Account, Transfer, TransferFlags
 from switch import protocol
 from switch.config import Config, Participant
+from switch.operations import OperatorOps
 from switch.protocol import HistoryQuery, PayItem, PendingItem, Request
 
 log = logging.getLogger("switch.engine")
@@ -122,7 +123,7 @@ class _PendingPayment:
     detail: list
 
 
-class Engine:
+class Engine(OperatorOps):
     """One batch at a time, from one thread; not safe for concurrent calls."""
 
     def __init__(self, config: Config, core: Any, ledger: Any, merchants: Any, storage: Any,
@@ -389,7 +390,9 @@ class Engine:
         if not self._take_tokens(participant, len(transfers), now_ns):
             return Outcome(Code.OK, [int(Code.RATE_LIMITED)] * len(transfers))
         denied = [not (participant.is_operator or participant.owns(t.debit_account_id)) for t in transfers]
-        return Outcome(Code.OK, self._create_authorized(transfers, denied, now_ns))
+        codes = self._create_authorized(transfers, denied, now_ns)
+        self.note_transfers(transfers, codes)
+        return Outcome(Code.OK, codes)
 
     def _create_authorized(self, transfers: list[Transfer], denied: list[bool], now_ns: int) -> list[int]:
         """Post what is authorized; a denied item fails its whole linked chain, as the ledger would."""
@@ -435,6 +438,7 @@ class Engine:
                 position += len(legs)
                 causes = [code for code in chain_codes if code not in (Code.OK, Code.LINKED_EVENT_FAILED)]
                 codes[index] = int(causes[0] if causes else chain_codes[0])
+        self.note_resolutions([item.pending_id for item in items], codes)
         return Outcome(Code.OK, codes)
 
     def _resolution_legs(self, item: PendingItem, pending: Transfer, flag: int) -> list[Transfer]:
@@ -496,6 +500,8 @@ class Engine:
         protocol.OP_POST_PENDING: _post_pending, protocol.OP_VOID_PENDING: _void_pending,
         protocol.OP_LOOKUP_ACCOUNTS: _lookup_accounts, protocol.OP_LOOKUP_TRANSFERS: _lookup_transfers,
         protocol.OP_ACCOUNT_HISTORY: _account_history, protocol.OP_PING: _ping,
+        protocol.OP_STATS: OperatorOps._op_stats, protocol.OP_RELOAD_RULES: OperatorOps._op_reload_rules,
+        protocol.OP_LIST_PENDING: OperatorOps._op_list_pending,
     }
 
 

@@ -46,6 +46,10 @@ OP_LOOKUP_ACCOUNTS = "lookup_accounts"
 OP_LOOKUP_TRANSFERS = "lookup_transfers"
 OP_ACCOUNT_HISTORY = "account_history"
 OP_PING = "ping"
+# Operator operations (docs/PROTOCOL.md 4.8-4.10).
+OP_STATS = "stats"
+OP_RELOAD_RULES = "reload_rules"
+OP_LIST_PENDING = "list_pending"
 
 # What each operation costs in ledger events (for sizing a server batch).
 PAY_EVENTS = 2
@@ -234,6 +238,11 @@ class HistoryQuery(NamedTuple):
     limit: int
 
 
+class PendingPage(NamedTuple):
+    after_cursor: int            # 0: from the oldest held payment
+    limit: int
+
+
 class Request:
     """One decoded request; `error` set means it is answered without the engine."""
 
@@ -395,12 +404,52 @@ def _decode_ping(args: Any) -> tuple[None, int]:
     return None, 0
 
 
+def _decode_stats(args: Any) -> tuple[None, int]:
+    if args is not None:
+        raise ProtocolError(Code.INVALID_ARGUMENTS, detail="stats takes nil")
+    return None, 0
+
+
+def _decode_reload_rules(args: Any) -> tuple[str, int]:
+    """An array of str chunks whose concatenation is the rule set's TOML text: a rule set is
+    larger than one msgpack str may be (string_bytes_max), so it travels in pieces."""
+    if not (isinstance(args, list) and 1 <= len(args) <= limits.RELOAD_RULES_CHUNKS_MAX
+            and all(isinstance(chunk, str) for chunk in args)):
+        raise ProtocolError(Code.INVALID_ARGUMENTS,
+                            detail=f"an array of 1 to {limits.RELOAD_RULES_CHUNKS_MAX} str chunks")
+    return "".join(args), 0
+
+
+def split_text(text: str, chunk_bytes_max: int = limits.STRING_BYTES_MAX) -> list[str]:
+    """Cut text into str chunks of at most chunk_bytes_max UTF-8 bytes, never inside a character."""
+    chunks, current, current_bytes = [], [], 0
+    for character in text:
+        size = len(character.encode())
+        if current_bytes + size > chunk_bytes_max:
+            chunks.append("".join(current))
+            current, current_bytes = [], 0
+        current.append(character)
+        current_bytes += size
+    if current or not chunks:
+        chunks.append("".join(current))
+    return chunks
+
+
+def _decode_list_pending(args: Any) -> tuple[PendingPage, int]:
+    record = _record(args, {"after": (False, U64_MAX), "limit": (False, limits.LIST_PENDING_ITEMS_MAX)})
+    limit = record.get("limit", limits.LIST_PENDING_ITEMS_MAX)
+    if limit == 0:
+        raise ProtocolError(Code.INVALID_ARGUMENTS, detail="limit is at least 1")
+    return PendingPage(record.get("after", 0), limit), 0
+
+
 _DECODERS = {
     OP_PAY: _decode_pay, OP_PAY_BATCH: _decode_pay_batch,
     OP_TRANSFERS: _decode_transfers, OP_ACCOUNTS: _decode_accounts,
     OP_POST_PENDING: _decode_pending, OP_VOID_PENDING: _decode_pending,
     OP_LOOKUP_ACCOUNTS: _decode_lookup_accounts, OP_LOOKUP_TRANSFERS: _decode_lookup_transfers,
     OP_ACCOUNT_HISTORY: _decode_account_history, OP_PING: _decode_ping,
+    OP_STATS: _decode_stats, OP_RELOAD_RULES: _decode_reload_rules, OP_LIST_PENDING: _decode_list_pending,
 }
 OPERATIONS = tuple(_DECODERS)
 

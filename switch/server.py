@@ -16,12 +16,14 @@ import concurrent.futures
 import logging
 import ssl as ssl_module
 import sys
+import time
 from typing import Any, Callable
 
 from core_ext import limits
 from core_ext.codes import Code
 from switch import protocol
 from switch.config import Config, Participant
+from switch.metrics import OpsStats
 from switch.protocol import FrameBuffer, ProtocolError, Request
 
 log = logging.getLogger("switch.server")
@@ -263,6 +265,13 @@ class Server:
         # One thread: batches run strictly one after another, off the event loop.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="switch-commit")
         self.batches_committed = 0
+        # What the stats operation and the metrics port report (switch/metrics.py).
+        self.ops = OpsStats()
+        self.ops.connections = lambda: len(self.connections)
+        self.ops.connections_max = self.limits.connections_max
+        self.ops.queue_events = lambda: self._queued_events
+        if hasattr(engine, "attach_operations"):
+            engine.attach_operations(ops=self.ops)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
@@ -291,6 +300,7 @@ class Server:
             while self._queue:
                 batch = self._take_batch()
                 work = [(connection.participant, request) for connection, request in batch]
+                started_ns = time.perf_counter_ns()
                 try:
                     outcomes = await self.loop.run_in_executor(self._executor, self.engine.process_batch, work)
                 except Exception:
@@ -298,6 +308,7 @@ class Server:
                     outcomes = [(Code.INTERNAL_ERROR, None)] * len(batch)
                 self.batches_committed += 1
                 self._answer(batch, outcomes)
+                self.ops.observe_batch(batch, outcomes, time.perf_counter_ns() - started_ns)
 
     def _take_batch(self) -> list[tuple[Connection, Request]]:
         """Everything queued, up to batch_events_max ledger events (always at least one request)."""
@@ -324,6 +335,16 @@ class Server:
             if connection.state == DRAINING and connection.in_flight == 0:
                 connection.transport.close()
                 connection.state = CLOSED
+
+    async def reload_rules_file(self) -> tuple[int, Any]:
+        """SIGHUP: re-read the configured rules file in the commit thread, so the swap falls
+        between two batches; a bad file is logged and the running rule set stays."""
+        code, result = await self.loop.run_in_executor(self._executor, self.engine.reload_rules_file)
+        if code == Code.OK:
+            log.info("SIGHUP: rule set %r loaded, hash %s", result["name"], result["hash"])
+        else:
+            log.error("SIGHUP: rules not reloaded: %s %s", Code(code).name, result or "")
+        return code, result
 
     async def shutdown(self, timeout_seconds: float = 30.0) -> None:
         """Stop accepting, run and answer every request already received, close, stop the engine thread."""
@@ -387,6 +408,8 @@ async def serve_forever(server: Server, host: str, port: int,
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)
+    if hasattr(server.engine, "reload_rules_file"):
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload_rules_file()))
     await stop.wait()
     log.info("signal received: finishing what was received, then closing")
     await server.shutdown()

@@ -1,0 +1,243 @@
+"""Operator metrics: what the running switch did, for the `stats` operation and Prometheus.
+
+`OpsStats` is the one source of truth.  The server and the engine update it with
+plain integer counters and fixed-bucket histograms (no locks, no per-item
+library calls on the hot path); the `stats` protocol operation returns its
+`snapshot()`; and `MetricsExporter` serves the same numbers to Prometheus on a
+separate HTTP port, converted at scrape time.  A scrape therefore costs the
+switch nothing between scrapes.
+
+Metric names (docs/OPERATIONS.md says what each means and which alerts to set):
+
+    switch_payments_total{code}              payments answered, by result code name
+    switch_requests_total{op,code}           requests answered, by operation and whole-request code
+    switch_batch_seconds                     histogram: engine time of one batch (execute + commit)
+    switch_commit_seconds                    histogram: the LMDB write transaction of one batch
+    switch_batch_requests / _events          histograms: requests and ledger events per batch
+    switch_connections / _max                open connections, and the limit
+    switch_queue_events                      ledger events waiting for the next batch
+    switch_rule_evaluations_total{rule}      per rule: evaluations, enforced hits, shadow hits
+    switch_rule_hits_total{rule}
+    switch_rule_shadow_hits_total{rule}
+    switch_reviews_pending                   payments held for review, not yet resolved
+    switch_uptime_seconds, switch_build_info
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from core_ext.codes import name_of
+
+log = logging.getLogger("switch.metrics")
+
+NS_PER_SECOND = 1_000_000_000
+US_PER_SECOND = 1_000_000
+# Upper bounds of the histogram buckets; an implicit +Inf bucket follows.
+# Microseconds: a batch commits in tens of us (os durability) to milliseconds (fsync).
+DURATION_US_BOUNDS = (50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
+# Requests or events per batch, up to server_batch_events_max (8190).
+BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8190)
+
+
+class Histogram:
+    """Counts per fixed bucket; integer observations (microseconds, items)."""
+
+    __slots__ = ("bounds", "counts", "total", "count")
+
+    def __init__(self, bounds: Iterable[int]) -> None:
+        self.bounds = tuple(bounds)
+        assert list(self.bounds) == sorted(set(self.bounds)), "bounds must be strictly increasing"
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0
+        self.count = 0
+
+    def observe(self, value: int) -> None:
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le semantics).
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def snapshot(self) -> dict:
+        """{"bounds": [...], "counts": [...per bucket, +Inf last], "sum": n, "count": n} (not cumulative)."""
+        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.total, "count": self.count}
+
+
+class OpsStats:
+    """What the switch did since it started; updated by the server (event loop) and the
+    engine (commit thread), read by the stats operation and by a Prometheus scrape."""
+
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.started_ns = clock_ns()
+        self.clock_ns = clock_ns
+        self.batches = 0
+        self.requests = collections.Counter()          # (op, code) -> requests
+        self.payments = collections.Counter()          # code -> payments
+        self.batch_requests = Histogram(BATCH_SIZE_BOUNDS)
+        self.batch_events = Histogram(BATCH_SIZE_BOUNDS)
+        self.batch_us = Histogram(DURATION_US_BOUNDS)
+        self.commit_us = Histogram(DURATION_US_BOUNDS)
+        # Set by the server that owns the connections (the engine does not know them).
+        self.connections: Callable[[], int] = lambda: 0
+        self.connections_max = 0
+        self.queue_events: Callable[[], int] = lambda: 0
+
+    def uptime_seconds(self) -> float:
+        return (self.clock_ns() - self.started_ns) / NS_PER_SECOND
+
+    def observe_batch(self, batch: list, outcomes: list, batch_ns: int) -> None:
+        """One batch answered: its size, its engine time, and every answer's code.
+        `batch` is the server's [(connection, request), ...]; payments are counted per item
+        (a pay_batch answer carries one code per payment)."""
+        self.batches += 1
+        self.batch_requests.observe(len(batch))
+        self.batch_us.observe(batch_ns // 1000)
+        payments = self.payments
+        events = 0
+        for (_, request), (code, result) in zip(batch, outcomes):
+            events += request.events
+            self.requests[(request.op, int(code))] += 1
+            if request.op == "pay":
+                payments[int(code)] += 1
+            elif request.op == "pay_batch":
+                if code == 0 and isinstance(result, list):
+                    for entry in result:
+                        payments[entry[0]] += 1
+                else:
+                    payments[int(code)] += len(request.args or ())
+        self.batch_events.observe(events)
+
+    def timed_commit(self, commit: Callable[[], Any]) -> Callable[[], Any]:
+        """Wrap a storage commit so every call's duration lands in commit_us (also when it fails)."""
+        def commit_and_time():
+            start_ns = time.perf_counter_ns()
+            try:
+                return commit()
+            finally:
+                self.commit_us.observe((time.perf_counter_ns() - start_ns) // 1000)
+        return commit_and_time
+
+    def snapshot(self) -> dict:
+        """The stats operation's view (plain msgpack-able types; codes by number)."""
+        return {
+            "uptime_ns": self.clock_ns() - self.started_ns,
+            "batches": self.batches,
+            "connections": self.connections(),
+            "connections_max": self.connections_max,
+            "queue_events": self.queue_events(),
+            # Arrays of pairs, not maps: the protocol's maps have str keys and at most 32 entries.
+            "payments": [[int(code), count] for code, count in sorted(self.payments.items())],
+            "requests": [[op, int(code), count] for (op, code), count in sorted(self.requests.items())],
+            "batch_requests": self.batch_requests.snapshot(),
+            "batch_events": self.batch_events.snapshot(),
+            "batch_us": self.batch_us.snapshot(),
+            "commit_us": self.commit_us.snapshot(),
+        }
+
+
+# ---- Prometheus -----------------------------------------------------------------------
+
+def _histogram_family(name: str, documentation: str, histogram: Histogram, scale: float = 1.0):
+    from prometheus_client.core import HistogramMetricFamily
+
+    snapshot = histogram.snapshot()    # one copy: buckets and sum agree within a scrape
+    cumulative, buckets = 0, []
+    for bound, count in zip(snapshot["bounds"], snapshot["counts"]):
+        cumulative += count
+        buckets.append((repr(bound * scale), cumulative))
+    buckets.append(("+Inf", cumulative + snapshot["counts"][-1]))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=snapshot["sum"] * scale)
+
+
+class SwitchCollector:
+    """A prometheus_client collector reading OpsStats and the engine at scrape time."""
+
+    def __init__(self, stats: OpsStats, engine_stats: Callable[[], dict] | None = None) -> None:
+        self.stats = stats
+        self.engine_stats = engine_stats or (lambda: {})
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+        stats = self.stats
+        payments = CounterMetricFamily("switch_payments", "Payments answered, by result code.", labels=["code"])
+        for code, count in sorted(dict(stats.payments).items()):
+            payments.add_metric([name_of(code)], count)
+        yield payments
+        requests = CounterMetricFamily("switch_requests", "Requests answered, by operation and code.",
+                                       labels=["op", "code"])
+        for (op, code), count in sorted(dict(stats.requests).items()):
+            requests.add_metric([op, name_of(code)], count)
+        yield requests
+        yield CounterMetricFamily("switch_batches", "Batches executed and committed.", value=stats.batches)
+        yield _histogram_family("switch_batch_seconds", "Engine time of one batch: execute and commit.",
+                                stats.batch_us, 1 / US_PER_SECOND)
+        yield _histogram_family("switch_commit_seconds", "The storage write transaction of one batch.",
+                                stats.commit_us, 1 / US_PER_SECOND)
+        yield _histogram_family("switch_batch_requests", "Requests per batch.", stats.batch_requests)
+        yield _histogram_family("switch_batch_events", "Ledger events per batch.", stats.batch_events)
+        yield GaugeMetricFamily("switch_connections", "Open client connections.", value=stats.connections())
+        yield GaugeMetricFamily("switch_connections_max", "The connections limit.", value=stats.connections_max)
+        yield GaugeMetricFamily("switch_queue_events", "Ledger events waiting for the next batch.",
+                                value=stats.queue_events())
+        yield GaugeMetricFamily("switch_uptime_seconds", "Seconds since the switch started.",
+                                value=stats.uptime_seconds())
+        yield from self._engine_families(InfoMetricFamily, CounterMetricFamily, GaugeMetricFamily)
+
+    def _engine_families(self, InfoMetricFamily, CounterMetricFamily, GaugeMetricFamily):
+        try:
+            engine = self.engine_stats()
+        except Exception:       # a scrape must never take the switch down; the next one retries
+            log.exception("engine statistics unavailable for this scrape")
+            return
+        build = engine.get("build", {})
+        yield InfoMetricFamily("switch_build", "Core implementation, build mode, durability, rule set.", value={
+            "implementation": str(build.get("implementation", "")), "mode": str(build.get("mode", "")),
+            "durability": str(engine.get("durability", "")), "ruleset_hash": str(engine.get("ruleset_hash") or "")})
+        families = {key: CounterMetricFamily(f"switch_rule_{key}", f"Per rule: {text}.", labels=["rule"])
+                    for key, text in (("evaluations", "payments evaluated"), ("hits", "enforced matches"),
+                                      ("shadow_hits", "matches in shadow mode"))}
+        for rule_id, counters in sorted((engine.get("rules") or {}).items()):
+            for key, family in families.items():
+                family.add_metric([rule_id], counters.get(key, 0))
+        yield from families.values()
+        yield GaugeMetricFamily("switch_reviews_pending", "Payments held for review, not yet resolved.",
+                                value=engine.get("reviews_pending", 0))
+
+
+class MetricsExporter:
+    """Serves /metrics on its own HTTP port from a thread; its own registry, so several
+    switches (tests) in one process never share or collide."""
+
+    def __init__(self, stats: OpsStats, engine_stats: Callable[[], dict] | None = None) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SwitchCollector(stats, engine_stats))
+        self._httpd = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, host: str, port: int) -> tuple[str, int]:
+        from prometheus_client import start_http_server
+
+        self._httpd, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        address = self._httpd.server_address
+        log.info("metrics on http://%s:%d/metrics", address[0], address[1])
+        return address[0], address[1]
+
+    def render(self) -> bytes:
+        """The exposition text, as a scrape would get it (for tests and `switch stats --prometheus`)."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._thread.join(timeout=5)
+            self._httpd = None

@@ -1,0 +1,192 @@
+"""The operator operations of the engine: `stats`, `reload_rules`, `list_pending`
+(docs/PROTOCOL.md 4.8-4.10), and the review queue's bookkeeping.
+
+`OperatorOps` is mixed into switch.engine.Engine so that these rare operations
+live apart from the pay flow.  They run inside a batch, in request order, like
+every other operation: a `reload_rules` takes effect for every payment executed
+after it and for none before it, so no payment is ever decided by half of one
+rule set and half of another.  Every one of them needs the operator role.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from core_ext.codes import Code
+from core_ext.rules_types import RuleSetError, load_ruleset
+from core_ext.types import TransferFlags
+from switch import review_queue as review_module
+from switch.metrics import OpsStats
+from switch.protocol import PendingPage
+
+log = logging.getLogger("switch.operations")
+
+NS_PER_SECOND = 1_000_000_000
+_RESOLVING_FLAGS = int(TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER)
+
+
+class OperatorOps:
+    """Mixin: needs self.ledger, self.rules, self.storage, self.core, self.clock_ns."""
+
+    # Replaced per engine by attach_operations(); class defaults keep a bare Engine usable.
+    ops: OpsStats | None = None
+    reviews: review_module.ReviewQueue | None = None
+    rules_path: str | None = None
+
+    def attach_operations(self, ops: OpsStats | None = None, reviews: Any = None,
+                          rules_path: str | None = None) -> None:
+        """Give the engine what its operator operations report and change: the statistics the
+        server keeps (its storage commits are timed into them), the journaled review queue
+        (which must be one of the storage's components) and the rules file a SIGHUP re-reads.
+        Each argument left None keeps what was attached before."""
+        if ops is not None and ops is not self.ops:
+            self.ops = ops
+            # Timed from outside: the engine calls commit once per batch and stays free of metrics code.
+            commit = getattr(self.storage, "_untimed_commit", None) or self.storage.commit
+            self.storage._untimed_commit = commit
+            self.storage.commit = ops.timed_commit(commit)
+        if reviews is not None:
+            self.reviews = reviews
+        if rules_path is not None:
+            self.rules_path = rules_path
+
+    # ---- stats ----------------------------------------------------------------------
+
+    def _op_stats(self, participant, args: None, now_ns: int):
+        if not participant.is_operator:
+            return _outcome(Code.OPERATOR_ROLE_REQUIRED, None)
+        return _outcome(Code.OK, self.stats_snapshot())
+
+    def stats_snapshot(self) -> dict:
+        """Everything the stats operation answers (docs/PROTOCOL.md 4.8); also read by a scrape."""
+        ops = self.ops.snapshot() if self.ops is not None else {}
+        pipeline = getattr(self, "pipeline", None)
+        return {
+            **ops,
+            "build": dict(self.core.build_info()),
+            "durability": getattr(self.storage, "durability", ""),
+            "batch_sequence": getattr(self.storage, "sequence", 0),
+            "ruleset_name": self.rules.ruleset.name if self.rules is not None else None,
+            "ruleset_hash": self.rules.ruleset.hash if self.rules is not None else None,
+            "rules": self.rule_counters(),
+            "reviews_pending": len(self.reviews) if self.reviews is not None else 0,
+            "pipeline": _pairs(pipeline.stats()) if pipeline is not None and hasattr(pipeline, "stats") else [],
+        }
+
+    def rule_counters(self) -> list[list]:
+        """[[rule_id, evaluations, hits, shadow_hits], ...] in rule order (arrays: a rule set may
+        hold more rules than a protocol map may hold entries)."""
+        if self.rules is None:
+            return []
+        return [[rule_id, counters["evaluations"], counters["hits"], counters["shadow_hits"]]
+                for rule_id, counters in self.rules.stats().items()]
+
+    # ---- reload_rules -------------------------------------------------------------------
+
+    def _op_reload_rules(self, participant, toml_text: str, now_ns: int):
+        if not participant.is_operator:
+            return _outcome(Code.OPERATOR_ROLE_REQUIRED, None)
+        code, result = self.reload_rules_text(toml_text)
+        return _outcome(code, result)
+
+    def reload_rules_text(self, toml_text: str) -> tuple[int, Any]:
+        """Validate, then swap: (OK, {"name", "hash"}) or (RULES_INVALID, "why") with the running
+        set unchanged.  Called between payments (inside a batch, in order) or between batches."""
+        if self.rules is None:
+            return Code.RULES_NOT_CONFIGURED, None
+        try:
+            ruleset = load_ruleset(toml_text)
+            self.rules.reload(ruleset)
+        except RuleSetError as error:
+            log.warning("rule set refused: %s", error)
+            return Code.RULES_INVALID, str(error)[:1000]
+        log.info("rule set %r loaded, hash %s", ruleset.name, ruleset.hash)
+        return Code.OK, {"name": ruleset.name, "hash": ruleset.hash}
+
+    def reload_rules_file(self) -> tuple[int, Any]:
+        """SIGHUP: re-read the configured rules file."""
+        if self.rules is None or not self.rules_path:
+            return Code.RULES_NOT_CONFIGURED, None
+        try:
+            with open(self.rules_path, encoding="utf-8") as file:
+                text = file.read()
+        except (OSError, UnicodeDecodeError) as error:
+            log.warning("rules file %s unreadable: %s", self.rules_path, error)
+            return Code.RULES_INVALID, str(error)
+        return self.reload_rules_text(text)
+
+    # ---- list_pending ----------------------------------------------------------------
+
+    def _op_list_pending(self, participant, page: PendingPage, now_ns: int):
+        if not participant.is_operator:
+            return _outcome(Code.OPERATOR_ROLE_REQUIRED, None)
+        if self.reviews is None:
+            return _outcome(Code.OK, {"items": [], "next": None, "total": 0, "now_ns": now_ns})
+        self._forget_expired(now_ns)
+        held, next_cursor = self.reviews.page(page.after_cursor, page.limit)
+        transfers = self.ledger.lookup_transfers([entry.transfer_id for entry in held]) if held else []
+        items = [review_module.held_to_wire(entry, transfer, now_ns) for entry, transfer in zip(held, transfers)]
+        return _outcome(Code.OK, {"items": items, "next": next_cursor, "total": len(self.reviews), "now_ns": now_ns})
+
+    def _forget_expired(self, now_ns: int) -> None:
+        """The ledger voided these when their review timeout passed (expire_pending at the batch's
+        start); the queue forgets them, journaled like any other resolution."""
+        expired = []
+        held, cursor = self.reviews.page(0, len(self.reviews) or 1)
+        found = self.ledger.lookup_transfers([entry.transfer_id for entry in held]) if held else []
+        for entry, transfer in zip(held, found):
+            if transfer is not None and transfer.timeout and \
+                    transfer.timestamp + transfer.timeout * NS_PER_SECOND <= now_ns:
+                expired.append(entry.transfer_id)
+        for transfer_id in expired:
+            self.reviews.resolve(transfer_id)
+
+    # ---- the review queue's bookkeeping ---------------------------------------------
+
+    def note_held(self, transfer_id: int, held_ns: int, participant_id: int, fired: tuple) -> None:
+        """A held payment's pending leg was posted: the operator has it to decide."""
+        if self.reviews is not None:
+            self.reviews.hold(transfer_id, held_ns, participant_id, tuple(entry[0] for entry in fired))
+
+    def note_resolutions(self, pending_ids: list[int], codes: list[int]) -> None:
+        """Posts and voids that succeeded take their pending transfer off the queue."""
+        if self.reviews is None or not len(self.reviews):
+            return
+        for pending_id, code in zip(pending_ids, codes):
+            if code == Code.OK:
+                self.reviews.resolve(pending_id)
+
+    def note_transfers(self, transfers: list, codes: list[int]) -> None:
+        """The generic `transfers` operation may post or void a held payment too."""
+        if self.reviews is None or not len(self.reviews):
+            return
+        self.note_resolutions([t.pending_id if t.flags & _RESOLVING_FLAGS else 0 for t in transfers], codes)
+
+
+def _outcome(code: int, result: Any):
+    from switch.engine import Outcome   # the engine imports this module: resolve at call time
+    return Outcome(code, result)
+
+
+def _pairs(values: Any) -> list:
+    """A stats mapping as [[name, value], ...]; nested mappings flattened with dotted names."""
+    if not isinstance(values, dict):
+        return []
+    pairs = []
+    for name, value in values.items():
+        if isinstance(value, dict):
+            pairs += [[f"{name}.{inner}", inner_value] for inner, inner_value in _pairs(value)]
+        else:
+            pairs.append([str(name), value])
+    return pairs
+
+
+def open_engine(config: Any, data_dir: str, durability: str = "fsync", rules: Any = None) -> Any:
+    """Engine.open with the operator side attached: the journaled review queue and the rules
+    file that SIGHUP re-reads.  `switch serve` and the tests open engines through it."""
+    from switch.engine import Engine
+
+    reviews = review_module.ReviewQueue()
+    engine = Engine.open(config, data_dir, durability=durability, rules=rules, extra_components=(reviews,))
+    engine.attach_operations(reviews=reviews, rules_path=getattr(config, "rules_path", None))
+    return engine
