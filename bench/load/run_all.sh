@@ -26,10 +26,22 @@ common=(--warmup "$WARMUP" --duration "$DURATION" --connections 16)
 # 1. The ceiling: the generator (CPU 0) against a peer that answers without work (CPU 1).
 bench workload --out "$FIXTURE" --payers "$PAYERS" --merchants "$MERCHANTS"
 port=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-bench echo --port "$port" --cpu 1 > "$OUT/echo.log" 2>&1 &
+# Not through the `bench` function: $! must be the peer's own pid for the kill below.
+"$PYTHON" -m switch bench echo --port "$port" --cpu 1 > "$OUT/echo.log" 2>&1 &
 echo_pid=$!
 trap 'kill "$echo_pid" 2>/dev/null || true' EXIT
-sleep 1
+"$PYTHON" - "$port" <<'WAIT'
+import socket, sys, time
+deadline = time.monotonic() + 30
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.5).close()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit("the echo peer did not start")
+        time.sleep(0.1)
+WAIT
 bench run --workload "$FIXTURE/workload.json" --port "$port" --cpus 0 --target echo --durability none "${common[@]}" \
     --depth 64 --json "$OUT/ceiling-single.json"
 bench run --workload "$FIXTURE/workload.json" --port "$port" --cpus 0 --target echo --durability none "${common[@]}" \
