@@ -131,6 +131,17 @@ MERCHANT_NAME_CHARS_MAX = 99
 MERCHANT_ID_CHARS_MAX = 255
 USED_QR_COUNT_MAX = 10_000_000
 
+# ---- payment pipeline ---------------------------------------------------------
+# A payment held for review stays pending this long unless the config says otherwise
+# (then the ledger voids it and the funds return); the config may choose 1..timeout_seconds_max.
+REVIEW_TIMEOUT_SECONDS_DEFAULT = 86_400
+# FATF R.16 conversion: US cents per 1,000,000 minor units of a currency (1,000 US cents per
+# minor unit at most: no currency's minor unit is worth more than USD 10).
+USD_RATE_PER_MILLION_MAX = 10**9
+# A dynamic QR code that states no expiry is held by the risk engine's replay table this long
+# from its payment (the merchant directory still refuses its reuse for ever).
+QR_UNDATED_DYNAMIC_LIFETIME_SECONDS = 86_400
+
 # ---- operations -------------------------------------------------------------------
 # Held payments one list_pending page may return (each item is a map of 12 fields).
 LIST_PENDING_ITEMS_MAX = 1000

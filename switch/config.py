@@ -5,6 +5,8 @@
     accounts_max = 100000         # sizes the in-memory ledger
     rate_items_per_second = 200000
     rate_burst_items = 400000
+    rules = "rules.toml"          # the risk rule set (relative to this file); absent: no rules
+    review_timeout_seconds = 86400   # a payment held for review is voided after this if nobody decides
 
     [[participants]]              # one per wallet (or operator)
     id = 1                        # u64, what the client names in `auth`
@@ -18,6 +20,7 @@
     fee_account_id = 9764         # collects the merchant discount
     settlement_account_id = 8764  # funds opening balances (issuance)
     fee_bps = 50                  # merchant discount rate, basis points
+    usd_minor_per_million_minor = 28000   # US cents per 1,000,000 minor units (FATF R.16 conversion)
 
     [[accounts]]                  # created at start (idempotent), funded once
     id = 1001
@@ -91,6 +94,9 @@ class LedgerConfig:
     fee_account_id: int
     settlement_account_id: int
     fee_bps: int
+    # US cents per million minor units of this currency: amount_usd_minor = amount * rate // 10^6
+    # (integer arithmetic; 0 = no rate, the travel rule then sees USD 0).
+    usd_minor_per_million_minor: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +120,8 @@ class Config:
     ledgers: dict[int, LedgerConfig]
     accounts: list[AccountConfig]
     merchants: list[dict[str, Any]]
+    rules_path: str | None = None          # the rule set's TOML, resolved against the config's directory
+    review_timeout_seconds: int = limits.REVIEW_TIMEOUT_SECONDS_DEFAULT
 
 
 def load(path: str | pathlib.Path) -> Config:
@@ -122,7 +130,10 @@ def load(path: str | pathlib.Path) -> Config:
             document = tomllib.load(file)
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"{path}: {error}") from error
-    return parse(document)
+    config = parse(document)
+    if config.rules_path is not None:
+        config = dataclasses.replace(config, rules_path=str(pathlib.Path(path).parent / config.rules_path))
+    return config
 
 
 def parse(document: dict[str, Any]) -> Config:
@@ -142,6 +153,9 @@ def parse(document: dict[str, Any]) -> Config:
         ledgers=_unique({entry.ledger: entry for entry in ledgers}, ledgers, "ledgers"),
         accounts=accounts,
         merchants=[dict(entry) for entry in document.get("merchants", [])],
+        rules_path=_str(switch["rules"], "switch.rules") if "rules" in switch else None,
+        review_timeout_seconds=_int(switch.get("review_timeout_seconds", limits.REVIEW_TIMEOUT_SECONDS_DEFAULT),
+                                    "switch.review_timeout_seconds", 1, limits.TIMEOUT_SECONDS_MAX),
     )
     _check_accounts(config)
     return config
@@ -200,6 +214,8 @@ def _ledger(entry: dict, where: str) -> LedgerConfig:
         fee_account_id=_int(entry.get("fee_account_id"), f"{where}.fee_account_id", 1),
         settlement_account_id=_int(entry.get("settlement_account_id"), f"{where}.settlement_account_id", 1),
         fee_bps=_int(entry.get("fee_bps", 0), f"{where}.fee_bps", 0, FEE_BPS_MAX),
+        usd_minor_per_million_minor=_int(entry.get("usd_minor_per_million_minor", 0),
+                                         f"{where}.usd_minor_per_million_minor", 0, limits.USD_RATE_PER_MILLION_MAX),
     )
 
 

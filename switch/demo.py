@@ -23,6 +23,9 @@ from core_ext.codes import Code, describe, name_of
 
 DEMO_DIR = pathlib.Path(__file__).resolve().parent / "demo"
 CONFIG_NAME = "switch.toml"
+# Prometheus metrics of `make run` (9464: the exporters' customary range).
+DEMO_METRICS_PORT = 9464
+RULES_NAME = "rules.toml"          # named by switch.toml's `rules`; copied beside it so an operator may edit it
 # The demo's dynamic QR codes stay valid this long (for the profiles that carry an expiry).
 DYNAMIC_QR_LIFETIME_S = 24 * 3600
 
@@ -175,8 +178,11 @@ async def play_story(config, port: int, payloads: dict[str, str]) -> None:
 
 
 def prepare_config(data_dir: pathlib.Path) -> pathlib.Path:
-    """The demo config in DATA (kept if it exists, so an operator may edit it)."""
+    """The demo config and rule set in DATA (kept if they exist, so an operator may edit them)."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    rules_target = data_dir / RULES_NAME
+    if not rules_target.exists():
+        rules_target.write_text((DEMO_DIR / RULES_NAME).read_text())
     target = data_dir / CONFIG_NAME
     if not target.exists():
         text = (DEMO_DIR / CONFIG_NAME).read_text()
@@ -196,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--durability", choices=("fsync", "os"), default="fsync")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--no-story", action="store_true", help="serve only; do not play the demo payments")
+    parser.add_argument("--metrics-port", type=int, default=DEMO_METRICS_PORT,
+                        help="Prometheus metrics port (0 = off)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -209,12 +217,19 @@ def main(argv: list[str] | None = None) -> None:
 
     def on_ready(address: tuple[str, int]) -> None:
         print_welcome(config, data_dir, address[1])
-        sys.stdout.write(f"switch listening on {address[0]}:{address[1]}\n\n")
+        sys.stdout.write(f"switch listening on {address[0]}:{address[1]}\n")
+        for metrics_host, metrics_port in metrics_address:
+            sys.stdout.write(f"metrics on http://{metrics_host}:{metrics_port}/metrics (Prometheus); operator view:\n"
+                             f"  .venv/bin/python -m switch stats --port {address[1]} --participant 9 "
+                             f"--secret demo-operator-secret-0009\n")
+        sys.stdout.write("\n")
         sys.stdout.flush()
         if not args.no_story:
             asyncio.get_running_loop().create_task(play_story(config, address[1], payloads))
 
-    run(str(config_path), str(data_dir / "lmdb"), args.host, args.port, args.durability, args.loop, on_ready=on_ready)
+    metrics_address: list[tuple[str, int]] = []     # filled before on_ready runs
+    run(str(config_path), str(data_dir / "lmdb"), args.host, args.port, args.durability, args.loop, on_ready=on_ready,
+        metrics_port=args.metrics_port, metrics_host=args.host, on_metrics=metrics_address.append)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,16 @@ storage write transaction.  Only then does the server send the answers.
 A payment goes through explicit steps, each of which may stop it with a code:
 
     validate fields -> rate limit -> authorize (payer owned) -> parse QR
-    -> resolve merchant -> amount -> rules decision (approve / decline / review)
-    -> dynamic QR single use -> post the linked legs (payer->merchant, merchant->fee)
+    -> resolve merchant -> amount -> accounts exist -> retry? (answer from the ledger)
+    -> rules decision (approve / decline / review) -> dynamic QR single use
+    -> post the legs (approved: payer->merchant linked to merchant->fee;
+       review: payer->merchant pending) -> rules observe -> audit record
 
-Consecutive payments are posted with one `create_transfers` call; any other
-operation first flushes them, so every request sees the effects of the ones
-before it, exactly as if they ran one by one.
+Each payment is posted before the next one is decided, so the rules of payment
+N+1 see the counters payment N left behind, exactly as if they ran one by one
+(a payer cannot slip 25 payments past a 20-a-day limit by batching them).
+The rules' state and the audit log are journaled components, committed in the
+batch's one LMDB transaction with the postings they describe.
 """
 from __future__ import annotations
 
@@ -21,10 +25,15 @@ import dataclasses
 import hashlib
 import logging
 import time
-from typing import Any, Callable, NamedTuple, Protocol as TypingProtocol
+from typing import Any, Callable, NamedTuple
 
 from core_ext import limits
 from core_ext.codes import Code
+from core_ext.pipeline_types import (
+    COUNTRY_NUMERIC, LEDGER_COUNTRY, AuditLog, AuditRecord, FiredRule, available_minor, device_digest, qr_digest,
+    usd_minor,
+)
+from core_ext.rules_types import Action, Decision, PaymentContext, RuleSet, load_ruleset
 from core_ext.types import Account, Transfer, TransferFlags
 from switch import protocol
 from switch.config import Config, Participant
@@ -37,6 +46,8 @@ log = logging.getLogger("switch.engine")
 TRANSFER_CODE_PAYMENT = 1
 TRANSFER_CODE_MERCHANT_FEE = 2
 TRANSFER_CODE_OPENING_BALANCE = 3
+# Account codes (docs/INTERNALS.md): a person's receiving account is what the fan-in and balance cap rules watch.
+ACCOUNT_CODE_PERSONAL_RECEIVING = 5
 BASIS_POINTS = 10_000
 NS_PER_SECOND = 1_000_000_000
 _SUCCESS = (Code.OK, Code.EXISTS)
@@ -54,29 +65,17 @@ def fee_id_for(payment_id: int) -> int:
     return derive_id(b"merchant-fee", payment_id)
 
 
+def load_rules_file(path: str) -> RuleSet:
+    """The rule set of `path`; a RuleSetError (or OSError) stops the switch before it serves."""
+    with open(path, encoding="utf-8") as file:
+        return load_ruleset(file.read())
+
+
 # ---- the rules slot ---------------------------------------------------------
 
-APPROVE, DECLINE, REVIEW = "approve", "decline", "review"
-
-
-class Decision(NamedTuple):
-    outcome: str          # APPROVE, DECLINE or REVIEW
-    code: int             # the code the wallet sees (OK for approve)
-
-
-class PaymentContext(NamedTuple):
-    participant: Participant
-    item: PayItem
-    qr: Any               # core QrResult
-    merchant: Any         # switch.merchants.Merchant
-    amount_minor: int
-    fee_minor: int
-    ledger: int
-    now_ns: int
-
-
-class RuleEngine(TypingProtocol):
-    def decide(self, context: PaymentContext) -> Decision: ...
+APPROVE, REVIEW, DECLINE = int(Action.APPROVE), int(Action.REVIEW), int(Action.DECLINE)
+# No rule set configured: every payment is approved, nothing is audited.
+NO_RULES = Decision(APPROVE, int(Code.OK), (), "")
 
 
 # ---- rate limiting ------------------------------------------------------------
@@ -112,41 +111,45 @@ class Outcome(NamedTuple):
     result: Any
 
 
-@dataclasses.dataclass
-class _PendingPayment:
-    """A payment that passed every check and waits for its legs to be posted."""
-    slot: list            # the result list this payment's answer goes into
-    index: int
-    first_leg: int        # index of its first transfer in the group
-    leg_count: int
-    decision: Decision
-    detail: list
+@dataclasses.dataclass(slots=True)
+class _Payment:
+    """A payment that passed the field, QR, merchant and amount checks."""
+    participant: Participant
+    item: PayItem
+    qr: Any               # core QrResult
+    merchant: Any         # switch.merchants.Merchant
+    amount_minor: int
+    fee_minor: int
+    ledger: int
+
+    def detail(self) -> list:
+        return [self.amount_minor, self.fee_minor, self.ledger, self.merchant.name]
 
 
 class Engine(OperatorOps):
     """One batch at a time, from one thread; not safe for concurrent calls."""
 
+    input_log: Any = None             # a switch.inputlog.InputLog: every committed batch is recorded
+
     def __init__(self, config: Config, core: Any, ledger: Any, merchants: Any, storage: Any,
-                 rules: RuleEngine | None = None, clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 rules: Any = None, clock_ns: Callable[[], int] = time.time_ns, audit: AuditLog | None = None) -> None:
         self.config = config
         self.core = core
         self.ledger = ledger
         self.merchants = merchants
         self.storage = storage
-        self.rules = rules
+        self.rules = rules            # a core RuleEngine (journaled component "rules"), or None
+        self.audit = audit if audit is not None else AuditLog()
         self.clock_ns = clock_ns
         self._buckets: dict[int, TokenBucket] = {}
-        self._group: list[Transfer] = []
-        self._group_payments: list[_PendingPayment] = []
-        self._group_ids: set[int] = set()
 
     # ---- opening ----------------------------------------------------------------
 
     @classmethod
     def open(cls, config: Config, data_dir: str, durability: str = "fsync", core: Any = None,
-             rules: RuleEngine | None = None, extra_components: tuple = ()) -> "Engine":
-        """The real engine: a core ledger and merchant directory (and any other journaled
-        component, e.g. the rules' state), replayed from storage."""
+             rules: Any = None, extra_components: tuple = ()) -> "Engine":
+        """The real engine: a core ledger, merchant directory, the rules of config.rules_path
+        (unless `rules` is given) and the audit log, all replayed from storage."""
         import pathlib
 
         import core_ext
@@ -157,8 +160,12 @@ class Engine(OperatorOps):
         pathlib.Path(data_dir).mkdir(parents=True, exist_ok=True)
         ledger = core.Ledger(config.accounts_max)
         merchants = MerchantDirectory()
-        storage = Storage.open(data_dir, [ledger, merchants, *extra_components], durability=durability)
-        engine = cls(config, core, ledger, merchants, storage, rules=rules)
+        if rules is None and config.rules_path is not None:
+            rules = core.RuleEngine(load_rules_file(config.rules_path))
+        audit = AuditLog()
+        components = [ledger, merchants, *([rules] if rules is not None else []), audit, *extra_components]
+        storage = Storage.open(data_dir, components, durability=durability)
+        engine = cls(config, core, ledger, merchants, storage, rules=rules, audit=audit)
         engine.bootstrap()
         return engine
 
@@ -219,11 +226,9 @@ class Engine(OperatorOps):
         try:
             self.ledger.expire_pending(now_ns)
             outcomes: list[Any] = [self._execute(participant, request, now_ns) for participant, request in batch]
-            self._flush_payments(now_ns)
         except Exception:
             # A bug: nothing of this batch may stay in memory, since none of it will be committed.
             log.exception("batch of %d requests failed; rebuilding state from storage", len(batch))
-            self._reset_group()
             self.storage.reload()
             return [Outcome(Code.INTERNAL_ERROR, None)] * len(batch)
         try:
@@ -232,56 +237,77 @@ class Engine(OperatorOps):
             log.exception("commit of a batch of %d requests failed", len(batch))
             self.storage.reload()
             return [Outcome(Code.STORAGE_FAILED, None)] * len(batch)
-        return [outcome() if callable(outcome) else outcome for outcome in outcomes]
+        if self.input_log is not None:
+            self.input_log.record(now_ns, batch, outcomes)
+        return outcomes
 
     def _execute(self, participant: Participant, request: Request, now_ns: int) -> Any:
         if request.error is not None:
             return Outcome(request.error, None)
         if request.op in (protocol.OP_PAY, protocol.OP_PAY_BATCH):
             return self._pay_request(participant, request, now_ns)
-        self._flush_payments(now_ns)
         handler = self._HANDLERS[request.op]
         return handler(self, participant, request.args, now_ns)
 
     # ---- payments -----------------------------------------------------------------
 
-    def _pay_request(self, participant: Participant, request: Request, now_ns: int) -> Callable[[], Outcome]:
-        """Queue the payments; the answer is read after the group is posted (a thunk)."""
-        items = [request.args] if request.op == protocol.OP_PAY else request.args
-        slot: list = [None] * len(items)
-        for index, item in enumerate(items):
-            slot[index] = self._prepare_payment(participant, item, slot, index, now_ns)
+    def _pay_request(self, participant: Participant, request: Request, now_ns: int) -> Outcome:
         if request.op == protocol.OP_PAY:
-            return lambda: Outcome(*slot[0])
-        return lambda: Outcome(Code.OK, [list(entry) for entry in slot])
+            return Outcome(*self._pay_one(participant, request.args, now_ns))
+        return Outcome(Code.OK, [list(self._pay_one(participant, item, now_ns)) for item in request.args])
 
-    def _prepare_payment(self, participant: Participant, item: PayItem, slot: list, index: int, now_ns: int):
-        """Every check of a payment; returns its final (code, detail) or None while it waits to post."""
+    def _pay_one(self, participant: Participant, item: PayItem, now_ns: int) -> tuple[int, Any]:
+        """One payment, every step in order; returns (code, detail) as the wallet sees it."""
         code = self._check_payer(participant, item, now_ns)
         if code:
             return (code, None)
+        code, payment = self._resolve(participant, item, now_ns)
+        if code:
+            return (code, None)
+        payer, merchant_account = self.ledger.lookup_accounts([item.payer_account_id, payment.merchant.account_id])
+        if payer is None or merchant_account is None:
+            return (Code.DEBIT_ACCOUNT_NOT_FOUND if payer is None else Code.CREDIT_ACCOUNT_NOT_FOUND, None)
+        stored = self.ledger.lookup_transfers([item.transfer_id])[0]
+        if stored is not None:
+            # A retry: the ledger answers it (EXISTS, or EXISTS_WITH_DIFFERENT_*); it is not decided
+            # again, since the rules' counters already hold the first attempt.
+            return self._post(payment, bool(stored.flags & TransferFlags.PENDING), now_ns)
+        context = self._rules_context(payment, payer, merchant_account, now_ns)
+        decision = self.rules.evaluate(context) if self.rules is not None else NO_RULES
+        answer = self._act_on(payment, decision, now_ns)
+        if answer[0] == Code.RISK_REVIEW:
+            self.note_held(item.transfer_id, now_ns, participant.id, decision.fired)   # the operator's review queue
+        if self.rules is not None and answer[0] in (Code.OK, Code.RISK_REVIEW):
+            self.rules.observe(context, decision)
+        if decision.fired or decision.action != APPROVE:
+            self._audit(payment, decision, answer[0], now_ns)
+        return answer
+
+    def _resolve(self, participant: Participant, item: PayItem, now_ns: int) -> tuple[int, _Payment | None]:
+        """QR -> merchant -> amount -> fee."""
         qr = self.core.parse_qr(item.qr_payload, now_ns // NS_PER_SECOND)
         if not qr.valid:
-            return (qr.code, None)
+            return qr.code, None
         merchant = self.merchants.resolve(qr)
         if merchant is None:
-            return (Code.MERCHANT_NOT_REGISTERED, None)
+            return Code.MERCHANT_NOT_REGISTERED, None
         if qr.currency and merchant.currency and qr.currency != merchant.currency:
-            return (Code.CURRENCY_MISMATCH, None)
+            return Code.CURRENCY_MISMATCH, None
         code, amount_minor = self._amount_of(qr, item)
         if code:
-            return (code, None)
+            return code, None
         ledger = int(merchant.currency)
-        fee_minor = self._fee_of(ledger, amount_minor)
-        context = PaymentContext(participant, item, qr, merchant, amount_minor, fee_minor, ledger, now_ns)
-        decision = self.rules.decide(context) if self.rules is not None else Decision(APPROVE, Code.OK)
-        if decision.outcome == DECLINE:
+        return Code.OK, _Payment(participant, item, qr, merchant, amount_minor, self._fee_of(ledger, amount_minor), ledger)
+
+    def _act_on(self, payment: _Payment, decision: Decision, now_ns: int) -> tuple[int, Any]:
+        if decision.action == DECLINE:
             return (decision.code, None)
-        code = self._consume_qr(qr, item, amount_minor, now_ns)
+        code = self.merchants.check_and_consume(payment.qr, payment.item.qr_payload, payment.amount_minor,
+                                                now_ns // NS_PER_SECOND)
         if code:
             return (code, None)
-        self._queue_legs(context, decision, slot, index)
-        return None
+        code, detail = self._post(payment, decision.action == REVIEW, now_ns)
+        return (decision.code, detail) if code == Code.OK else (code, detail)
 
     def _check_payer(self, participant: Participant, item: PayItem, now_ns: int) -> int:
         if item.transfer_id == 0 or item.transfer_id == protocol.U128_MAX:
@@ -310,38 +336,48 @@ class Engine(OperatorOps):
         # Floor: the merchant never pays more than the stated rate.
         return amount_minor * ledger_config.fee_bps // BASIS_POINTS
 
-    def _consume_qr(self, qr: Any, item: PayItem, amount_minor: int, now_ns: int) -> int:
-        """The directory's guard (amount binding; a dynamic code's expiry and single use).
+    def _rules_context(self, payment: _Payment, payer: Account, merchant_account: Account, now_ns: int) -> PaymentContext:
+        """What the rules see (docs/INTERNALS.md, "The pay flow and the rules")."""
+        qr, merchant = payment.qr, payment.merchant
+        personal = merchant_account.code == ACCOUNT_CODE_PERSONAL_RECEIVING
+        ledger_config = self.config.ledgers.get(payment.ledger)
+        rate = ledger_config.usd_minor_per_million_minor if ledger_config is not None else 0
+        expires_ns = qr.expiry_s * NS_PER_SECOND if qr.expiry_s else 0
+        if qr.dynamic and not expires_ns:
+            expires_ns = now_ns + limits.QR_UNDATED_DYNAMIC_LIFETIME_SECONDS * NS_PER_SECOND
+        return PaymentContext(
+            payer_account_id=payer.id, payer_kyc_tier=payer.user_data_32, payer_created_ns=payer.timestamp,
+            payer_balance_minor=available_minor(payer), merchant_account_id=merchant.account_id,
+            merchant_mcc=_mcc_number(merchant.mcc), merchant_is_personal=personal,
+            merchant_country=COUNTRY_NUMERIC.get(merchant.country, 0),
+            payer_country=LEDGER_COUNTRY.get(payer.ledger, 0),
+            device_id=device_digest(payment.item.device_id), qr_digest=qr_digest(payment.item.qr_payload),
+            qr_dynamic=bool(qr.dynamic), amount_minor=payment.amount_minor, currency=payment.ledger,
+            amount_usd_minor=usd_minor(payment.amount_minor, rate),
+            # The wallet holds a full-KYC payer's name and address; the switch holds the registered merchant's.
+            originator_info_present=payer.user_data_32 >= 1, beneficiary_info_present=True,
+            now_ns=now_ns, qr_merchant_account_id=merchant.account_id, qr_expires_ns=expires_ns,
+            qr_amount_minor=qr.amount_minor or 0,
+            merchant_kyc_tier=merchant_account.user_data_32 if personal else 0,
+            merchant_balance_minor=available_minor(merchant_account) if personal else 0)
 
-        Skipped for a retry of a dynamic payment already posted: the retry must reach the
-        ledger to be answered EXISTS.  A dynamic code is consumed here, before posting, so
-        a payment the ledger then refuses (e.g. insufficient funds) has used its code up:
-        the merchant's terminal issues a new one, as for any failed dynamic payment."""
-        if qr.dynamic and (item.transfer_id in self._group_ids
-                           or self.ledger.lookup_transfers([item.transfer_id])[0] is not None):
-            return Code.OK
-        return self.merchants.check_and_consume(qr, item.qr_payload, amount_minor, now_ns // NS_PER_SECOND)
-
-    def _queue_legs(self, context: PaymentContext, decision: Decision, slot: list, index: int) -> None:
+    def _legs(self, payment: _Payment, held: bool) -> list[Transfer]:
         """Approved: payer->merchant linked to merchant->fee, all or nothing.  Held for review:
-        only the payer->merchant leg, pending (a reservation); the fee leg is posted with it
-        when an operator posts it (see _pending), since a merchant cannot pay a fee out of
-        credits that are still pending."""
-        item, merchant = context.item, context.merchant
-        held = decision.outcome == REVIEW
+        only the payer->merchant leg, pending (a reservation that the ledger voids after the
+        review timeout); the fee leg is posted with it when an operator posts it (see _pending),
+        since a merchant cannot pay a fee out of credits that are still pending."""
+        item, merchant = payment.item, payment.merchant
         legs = [Transfer(
             id=item.transfer_id, debit_account_id=item.payer_account_id, credit_account_id=merchant.account_id,
-            amount=context.amount_minor, ledger=context.ledger, code=TRANSFER_CODE_PAYMENT,
+            amount=payment.amount_minor, ledger=payment.ledger, code=TRANSFER_CODE_PAYMENT,
             flags=int(TransferFlags.PENDING) if held else 0,
-            user_data_64=context.participant.id, user_data_32=_mcc_number(merchant.mcc))]
-        if context.fee_minor and not held:
+            timeout=self.config.review_timeout_seconds if held else 0,
+            user_data_64=payment.participant.id, user_data_32=_mcc_number(merchant.mcc))]
+        if payment.fee_minor and not held:
             legs[0].flags |= int(TransferFlags.LINKED)
-            legs.append(self._fee_leg(item.transfer_id, merchant.account_id, context.ledger, context.fee_minor,
-                                      context.participant.id))
-        detail = [context.amount_minor, context.fee_minor, context.ledger, merchant.name]
-        self._group_payments.append(_PendingPayment(slot, index, len(self._group), len(legs), decision, detail))
-        self._group.extend(legs)
-        self._group_ids.add(item.transfer_id)
+            legs.append(self._fee_leg(item.transfer_id, merchant.account_id, payment.ledger, payment.fee_minor,
+                                      payment.participant.id))
+        return legs
 
     def _fee_leg(self, payment_id: int, merchant_account_id: int, ledger: int, fee_minor: int,
                  participant_id: int) -> Transfer:
@@ -350,32 +386,31 @@ class Engine(OperatorOps):
             credit_account_id=self.config.ledgers[ledger].fee_account_id, amount=fee_minor, ledger=ledger,
             code=TRANSFER_CODE_MERCHANT_FEE, user_data_64=participant_id)
 
-    def _flush_payments(self, now_ns: int) -> None:
-        if not self._group:
-            return
-        results = self.ledger.create_transfers(self._group, now_ns)
-        for payment in self._group_payments:
-            codes = results[payment.first_leg:payment.first_leg + payment.leg_count]
-            payment.slot[payment.index] = self._payment_answer(codes, payment)
-        self._reset_group()
+    def _post(self, payment: _Payment, held: bool, now_ns: int) -> tuple[int, Any]:
+        codes = self.ledger.create_transfers(self._legs(payment, held), now_ns)
+        return self._payment_answer(codes, payment.detail())
 
     @staticmethod
-    def _payment_answer(codes: list[int], payment: _PendingPayment) -> tuple[int, Any]:
+    def _payment_answer(codes: list[int], detail: list) -> tuple[int, Any]:
         # The ledger stops a linked chain at its first non-OK event, EXISTS included: a retry
         # of a payment whose legs were committed (atomically, as one chain) reads EXISTS on
         # the first leg and LINKED_EVENT_FAILED on the rest.
         if codes[0] == Code.EXISTS and all(code in (Code.EXISTS, Code.LINKED_EVENT_FAILED) for code in codes[1:]):
-            return (Code.EXISTS, payment.detail)
+            return (Code.EXISTS, detail)
         causes = [code for code in codes if code not in (Code.OK, Code.LINKED_EVENT_FAILED)]
         if causes:
             # The leg that failed names the reason; its partners only say LINKED_EVENT_FAILED.
             return (causes[0], None)
         if any(code == Code.LINKED_EVENT_FAILED for code in codes):
             return (Code.LINKED_EVENT_FAILED, None)
-        return (payment.decision.code, payment.detail)
+        return (Code.OK, detail)
 
-    def _reset_group(self) -> None:
-        self._group, self._group_payments, self._group_ids = [], [], set()
+    def _audit(self, payment: _Payment, decision: Decision, code: int, now_ns: int) -> None:
+        item = payment.item
+        self.audit.append(AuditRecord(
+            item.transfer_id, item.payer_account_id, payment.merchant.account_id, payment.amount_minor,
+            payment.ledger, now_ns, int(decision.action), int(code), decision.ruleset_hash,
+            tuple(FiredRule(*fired) for fired in decision.fired)))
 
     def _take_tokens(self, participant: Participant, count: int, now_ns: int) -> bool:
         bucket = self._buckets.get(participant.id)

@@ -6,7 +6,8 @@ import pytest
 from core_ext.codes import Code
 from core_ext.types import TransferFlags
 from switch import config as config_module
-from switch.engine import APPROVE, DECLINE, REVIEW, Decision, Engine, fee_id_for
+from core_ext.rules_types import load_ruleset
+from switch.engine import Engine, fee_id_for
 from switch.merchants import MerchantDirectory
 from switch.protocol import PayItem, PendingItem, Request
 import test_server_helpers as fixtures
@@ -33,16 +34,30 @@ class Storage:
                     component.apply_journal(blob)
 
 
-class ScriptedRules:
-    """A rules double that answers what the test says and records what it was asked."""
+def real_rules(impl, rule_toml: str):
+    """The core's real rules engine with a one-rule set (tests/test_pipeline_rules.py covers more)."""
+    return impl.RuleEngine(load_ruleset('[ruleset]\nname = "test"\n' + rule_toml))
 
-    def __init__(self, decision: Decision) -> None:
-        self.decision = decision
-        self.contexts = []
 
-    def decide(self, context):
-        self.contexts.append(context)
-        return self.decision
+DECLINE_MERCHANT = f"""
+[[rules]]
+id = "block-merchant"
+kind = "blocklist"
+mode = "enforce"
+action = "decline"
+reason = "BL_MERCHANT"
+field = "merchant"
+entries = [{fixtures.MERCHANT_ACCOUNT}]
+"""
+REVIEW_OVER_5000 = """
+[[rules]]
+id = "review-large"
+kind = "payment_cap_tier"
+mode = "enforce"
+action = "review"
+reason = "LIM_PAYMENT"
+limit_minor = 5000
+"""
 
 
 def make_engine(impl, rules=None, **switch_overrides) -> Engine:
@@ -117,19 +132,16 @@ def test_same_id_with_another_amount_is_refused_not_applied(impl):
     assert changed.code == Code.EXISTS_WITH_DIFFERENT_AMOUNT and changed.result is None
 
 
-def test_rules_see_the_payment_and_a_decline_posts_nothing(impl):
-    rules = ScriptedRules(Decision(DECLINE, Code.RISK_DECLINED))
-    engine = make_engine(impl, rules=rules)
+def test_a_rules_decline_posts_nothing(impl):
+    engine = make_engine(impl, rules=real_rules(impl, DECLINE_MERCHANT))
     (code, detail), = pay(engine, (1, fixtures.PAYER, fixtures.static_qr(), 700))
     assert (code, detail) == (Code.RISK_DECLINED, None)
-    context, = rules.contexts
-    assert (context.amount_minor, context.fee_minor, context.ledger) == (700, 3, fixtures.THB)
-    assert context.merchant.account_id == fixtures.MERCHANT_ACCOUNT and context.now_ns == NOW_NS
     assert account(engine, fixtures.PAYER).debits_posted == 0
+    assert engine.ledger.lookup_transfers([1]) == [None]
 
 
 def test_a_review_reserves_the_funds_until_the_operator_decides(impl):
-    engine = make_engine(impl, rules=ScriptedRules(Decision(REVIEW, Code.RISK_REVIEW)))
+    engine = make_engine(impl, rules=real_rules(impl, REVIEW_OVER_5000))
     (code, detail), = pay(engine, (1, fixtures.PAYER, fixtures.static_qr(), 10_000))
     assert code == Code.RISK_REVIEW and detail[0] == 10_000
     payer = account(engine, fixtures.PAYER)
@@ -147,7 +159,7 @@ def test_a_review_reserves_the_funds_until_the_operator_decides(impl):
 
 
 def test_a_voided_review_returns_the_funds_and_takes_no_fee(impl):
-    engine = make_engine(impl, rules=ScriptedRules(Decision(REVIEW, Code.RISK_REVIEW)))
+    engine = make_engine(impl, rules=real_rules(impl, REVIEW_OVER_5000))
     pay(engine, (1, fixtures.PAYER, fixtures.static_qr(), 10_000))
     operator = engine.config.participants[fixtures.OPERATOR_ID]
     outcome, = engine.process_batch([(operator, Request(1, "void_pending", [PendingItem(2, 1, 0)]))])
@@ -157,7 +169,7 @@ def test_a_voided_review_returns_the_funds_and_takes_no_fee(impl):
 
 
 def test_approve_answers_ok(impl):
-    engine = make_engine(impl, rules=ScriptedRules(Decision(APPROVE, Code.OK)))
+    engine = make_engine(impl, rules=real_rules(impl, REVIEW_OVER_5000))
     assert pay(engine, (1, fixtures.PAYER, fixtures.static_qr(), 10))[0].code == Code.OK
 
 
