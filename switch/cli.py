@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     ("rules", "rules"),
     ("qr", "qr"),
     ("bench", "bench"),
+    ("stats", "stats"),
+    ("review", "review"),
 ]
 
 

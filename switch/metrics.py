@@ -141,16 +141,18 @@ class OpsStats:
 
 # ---- Prometheus -----------------------------------------------------------------------
 
-def _histogram_family(name: str, documentation: str, histogram: Histogram, scale: float = 1.0):
+def _histogram_family(name: str, documentation: str, histogram: Histogram, divisor: int = 1):
+    """Prometheus wants seconds: integer microseconds are divided (not multiplied by 1e-6, which
+    would print bucket bounds like 9.999999999999999e-05)."""
     from prometheus_client.core import HistogramMetricFamily
 
     snapshot = histogram.snapshot()    # one copy: buckets and sum agree within a scrape
     cumulative, buckets = 0, []
     for bound, count in zip(snapshot["bounds"], snapshot["counts"]):
         cumulative += count
-        buckets.append((repr(bound * scale), cumulative))
+        buckets.append((repr(bound / divisor), cumulative))
     buckets.append(("+Inf", cumulative + snapshot["counts"][-1]))
-    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=snapshot["sum"] * scale)
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=snapshot["sum"] / divisor)
 
 
 class SwitchCollector:
@@ -175,9 +177,9 @@ class SwitchCollector:
         yield requests
         yield CounterMetricFamily("switch_batches", "Batches executed and committed.", value=stats.batches)
         yield _histogram_family("switch_batch_seconds", "Engine time of one batch: execute and commit.",
-                                stats.batch_us, 1 / US_PER_SECOND)
+                                stats.batch_us, US_PER_SECOND)
         yield _histogram_family("switch_commit_seconds", "The storage write transaction of one batch.",
-                                stats.commit_us, 1 / US_PER_SECOND)
+                                stats.commit_us, US_PER_SECOND)
         yield _histogram_family("switch_batch_requests", "Requests per batch.", stats.batch_requests)
         yield _histogram_family("switch_batch_events", "Ledger events per batch.", stats.batch_events)
         yield GaugeMetricFamily("switch_connections", "Open client connections.", value=stats.connections())
@@ -201,9 +203,9 @@ class SwitchCollector:
         families = {key: CounterMetricFamily(f"switch_rule_{key}", f"Per rule: {text}.", labels=["rule"])
                     for key, text in (("evaluations", "payments evaluated"), ("hits", "enforced matches"),
                                       ("shadow_hits", "matches in shadow mode"))}
-        for rule_id, counters in sorted((engine.get("rules") or {}).items()):
-            for key, family in families.items():
-                family.add_metric([rule_id], counters.get(key, 0))
+        for rule_id, evaluations, hits, shadow_hits in engine.get("rules") or ():
+            for key, value in (("evaluations", evaluations), ("hits", hits), ("shadow_hits", shadow_hits)):
+                families[key].add_metric([rule_id], value)
         yield from families.values()
         yield GaugeMetricFamily("switch_reviews_pending", "Payments held for review, not yet resolved.",
                                 value=engine.get("reviews_pending", 0))

@@ -222,14 +222,26 @@ def test(rules_file: str, log_file: str, as_json: bool, implementation: str) -> 
 
 
 @rules.command("stats")
-@click.option("--rules", "rules_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="The rule set (TOML).")
+@click.option("--rules", "rules_file", type=click.Path(exists=True, dir_okay=False),
+              help="The rule set (TOML) to replay a log through.")
 @click.option("--log", "log_file", type=click.Path(exists=True, dir_okay=False),
               help="Replay this payment log first (same format as `rules test`).")
 @_IMPLEMENTATION
-def stats(rules_file: str, log_file: str | None, implementation: str) -> None:
-    """Per-rule counters (evaluations, hits, shadow hits) and table use of a rule
-    set, after replaying a payment log. (A running switch's counters: later.)"""
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Instead: ask the switch running on this port for its live counters.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--participant", "participant_id", type=click.IntRange(1, 2**64 - 1), envvar="SWITCH_PARTICIPANT",
+              help="With --port: an operator participant id (or env SWITCH_PARTICIPANT).")
+@click.option("--secret", envvar="SWITCH_SECRET", help="With --port: its secret (or env SWITCH_SECRET).")
+def stats(rules_file: str | None, log_file: str | None, implementation: str, port: int | None, host: str,
+          participant_id: int | None, secret: str | None) -> None:
+    """Per-rule counters (evaluations, hits, shadow hits): of a running switch (--port), or
+    of a rule set after replaying a payment log (--rules, --log)."""
+    if port is not None:
+        _live_stats(host, port, participant_id, secret)
+        return
+    if rules_file is None:
+        raise click.UsageError("give --rules (replay a log) or --port (a running switch)")
     ruleset = _load(rules_file)
     engine = _engine(ruleset, implementation)
     result = Replay()
@@ -241,3 +253,20 @@ def stats(rules_file: str, log_file: str | None, implementation: str) -> None:
     for table, counters in engine.tables().items():
         click.echo(f"  table {table:<12} {counters['size']:>8} / {counters['capacity']:<8} "
                    f"evictions {counters['evictions']}")
+
+
+def _live_stats(host: str, port: int, participant_id: int | None, secret: str | None) -> None:
+    """The running switch's per-rule counters since it started, over the protocol."""
+    from switch.commands.stats import operator_call, rule_header, rule_line
+
+    if participant_id is None or not secret:
+        raise click.UsageError("--port needs --participant and --secret of an operator")
+    snapshot = operator_call(host, port, participant_id, secret, "stats")
+    if snapshot["ruleset_hash"] is None:
+        click.echo("the switch runs without rules")
+        return
+    click.echo(f"rule set {snapshot['ruleset_name']!r} ({snapshot['ruleset_hash'][:16]}) on {host}:{port}, "
+               f"up {snapshot['uptime_ns'] / 1e9:,.0f} s")
+    click.echo(rule_header())
+    for rule in snapshot["rules"]:
+        click.echo(rule_line(*rule))

@@ -1,9 +1,10 @@
-"""`switch serve`: run the switch for wallets over TCP until SIGTERM/SIGINT."""
+"""`switch serve`: run the switch for wallets over TCP until SIGTERM/SIGINT (SIGHUP re-reads
+the rules file), with Prometheus metrics on their own port and text or JSON logs."""
 from __future__ import annotations
 
-import logging
-
 import click
+
+from switch import logging_setup
 
 
 @click.command("serve")
@@ -19,18 +20,29 @@ import click
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Server private key (PEM).")
 @click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False),
               help="CA (PEM) that must sign every client certificate; makes client certificates mandatory.")
-def serve(config_path, data_dir, host, port, durability, loop_kind, tls_cert, tls_key, tls_client_ca) -> None:
+@click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics; 0 = off.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics port binds.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(logging_setup.LEVELS))
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(logging_setup.FORMATS),
+              help="text for a terminal, json for one JSON object per line (a log collector).")
+def serve(config_path, data_dir, host, port, durability, loop_kind, tls_cert, tls_key, tls_client_ca,
+          metrics_port, metrics_host, log_level, log_format) -> None:
     """Serve wallets on HOST:PORT with the participants and accounts of --config."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(config_path, data_dir, host, port, durability, loop_kind, tls_cert, tls_key, tls_client_ca)
+    logging_setup.configure(log_level, log_format)
+    run(config_path, data_dir, host, port, durability, loop_kind, tls_cert, tls_key, tls_client_ca,
+        metrics_port=metrics_port, metrics_host=metrics_host)
 
 
 def run(config_path: str, data_dir: str, host: str, port: int, durability: str = "fsync",
         loop_kind: str = "uvloop", tls_cert: str | None = None, tls_key: str | None = None,
-        tls_client_ca: str | None = None, on_ready=None) -> None:
-    """Open the engine, serve until a signal, close the storage. Also used by switch.demo."""
+        tls_client_ca: str | None = None, on_ready=None, metrics_port: int = 0,
+        metrics_host: str = "127.0.0.1", on_metrics=None) -> None:
+    """Open the engine, serve until a signal, close the storage. Also used by switch.demo.
+    `on_metrics((host, port))` is told where the metrics are served (when metrics_port is not 0)."""
     from switch import config as config_module
-    from switch.engine import Engine
+    from switch.metrics import MetricsExporter
+    from switch.operations import open_engine
     from switch.server import Server, new_event_loop, serve_forever, tls_context
 
     if bool(tls_cert) != bool(tls_key):
@@ -40,14 +52,24 @@ def run(config_path: str, data_dir: str, host: str, port: int, durability: str =
     except config_module.ConfigError as error:
         raise click.ClickException(str(error)) from error
     ssl_context = tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert else None
-    engine = Engine.open(config, data_dir, durability=durability)
+    engine = open_engine(config, data_dir, durability=durability)
     loop = new_event_loop(use_uvloop=loop_kind == "uvloop")
+    exporter = None
     try:
         server = Server(engine, config, ssl_context=ssl_context)
+        if metrics_port:
+            exporter = MetricsExporter(server.ops, engine.stats_snapshot)
+            (on_metrics or _announce_metrics)(exporter.start(metrics_host, metrics_port))
         loop.run_until_complete(serve_forever(server, host, port, on_ready or _announce))
     finally:
+        if exporter is not None:
+            exporter.stop()
         loop.close()
         engine.close()
+
+
+def _announce_metrics(address: tuple[str, int]) -> None:
+    click.echo(f"metrics on http://{address[0]}:{address[1]}/metrics")
 
 
 def _announce(address: tuple[str, int]) -> None:
