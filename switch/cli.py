@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     ("bench", "bench"),
     ("stats", "stats"),
     ("review", "review"),
+    ("replay", "replay"),
 ]
 
 

@@ -8,8 +8,9 @@ compiled one, so the two are held to the same answer under the switch's limits:
 the same object, or both refusing.  Then, on what the switch itself does:
 
 * unpack_body raises nothing but a non-fatal ProtocolError with
-  MALFORMED_MSGPACK or MSGPACK_LIMIT_EXCEEDED, and what it returns respects
-  every max_*_len limit and uses no ext types;
+  MALFORMED_MSGPACK or MSGPACK_LIMIT_EXCEEDED (this one for any ext, empty
+  ones too: finding F1, fixed), and what it returns respects every max_*_len
+  limit;
 * decode_request never raises, answers a registered protocol code or a
   well-formed request whose fields are in range;
 * decode_auth raises nothing but a fatal ProtocolError.
@@ -42,12 +43,6 @@ REQUEST_ERRORS = BODY_ERRORS | {Code.MALFORMED_REQUEST, Code.ALREADY_AUTHENTICAT
                                 Code.INVALID_ARGUMENTS, Code.TOO_MANY_ITEMS}
 HANDSHAKE_ERRORS = {Code.NOT_AUTHENTICATED, Code.MALFORMED_HANDSHAKE, Code.UNSUPPORTED_VERSION}
 U64_MAX = 2**64 - 1
-# Finding F1 (open; reproducer corpus/msgpack/crash-zero-length-ext, xfail in
-# tests/test_fuzz_short.py): max_ext_len=0 still lets a zero-length ext through
-# unpack_body, though docs/PROTOCOL.md says any ext is MSGPACK_LIMIT_EXCEEDED.
-# Tolerated here so that long runs look past it; when switch/protocol.py
-# refuses every ext, the xfail turns into a failure and this goes.
-TOLERATE_ZERO_LENGTH_EXT = True
 
 
 def unpack_with(unpackb, body: bytes):
@@ -76,8 +71,6 @@ def check_limits(obj, depth: int = 0) -> None:
             check(isinstance(key, (str, bytes)), "strict_map_key let a non-str key through", key)
             check_limits(key, depth + 1)
             check_limits(value, depth + 1)
-    elif isinstance(obj, msgpack.ExtType):
-        check(TOLERATE_ZERO_LENGTH_EXT and obj.data == b"", "unpack_body let an ext type through", obj)
     else:
         check(obj is None or isinstance(obj, (bool, int, float)), "unexpected msgpack type", type(obj))
 
@@ -87,14 +80,28 @@ def check_unpack(body: bytes) -> None:
     fallback = unpack_with(msgpack.fallback.unpackb, body)
     check(compiled == fallback or (compiled[0] == fallback[0] == "ok" and _same_nan(compiled[1], fallback[1])),
           "msgpack's compiled unpacker and its fallback disagree", body, compiled, fallback)
+    # Bare msgpack accepts a zero-length ext under max_ext_len=0; the protocol refuses every ext.
+    has_ext = compiled[0] == "ok" and _contains_ext(compiled[1])
     try:
         obj = protocol.unpack_body(body)
     except ProtocolError as error:
         check(not error.fatal and error.code in BODY_ERRORS, "unpack_body refused with the wrong code", body, error)
-        check(compiled[0] == "error", "unpack_body refused what msgpack accepts", body, error)
+        check(compiled[0] == "error" or has_ext, "unpack_body refused what msgpack accepts", body, error)
+        check(not has_ext or error.code == Code.MSGPACK_LIMIT_EXCEEDED, "an ext must be MSGPACK_LIMIT_EXCEEDED",
+              body, error)
         return
-    check(compiled[0] == "ok", "unpack_body accepted what msgpack refuses", body)
+    check(compiled[0] == "ok" and not has_ext, "unpack_body accepted what it must refuse", body, compiled)
     check_limits(obj)
+
+
+def _contains_ext(obj) -> bool:
+    if isinstance(obj, msgpack.ExtType):
+        return True
+    if isinstance(obj, list):
+        return any(_contains_ext(item) for item in obj)
+    if isinstance(obj, dict):
+        return any(_contains_ext(key) or _contains_ext(value) for key, value in obj.items())
+    return False
 
 
 def _same_nan(left, right) -> bool:

@@ -81,7 +81,9 @@ def requests() -> list:
 
 def bodies() -> list[bytes]:
     auth = protocol.auth_message(1, protocol.EXAMPLE_SECRET, protocol.EXAMPLE_NONCE)
-    return [msgpack.packb(obj, use_bin_type=True) for obj in [auth] + requests()]
+    # F1's reproducer (fixed): a ping whose argument is a zero-length ext, which must be refused.
+    zero_length_ext = b"\x93\x01\xa4ping\xc7\x00\x05"
+    return [msgpack.packb(obj, use_bin_type=True) for obj in [auth] + requests()] + [zero_length_ext]
 
 
 def streams() -> list[bytes]:
