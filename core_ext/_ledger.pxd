@@ -154,46 +154,51 @@ cdef class Ledger:
     # batch with linked chains; one code per event in `results`.  count must not
     # exceed batch_events_max.  An applied event is updated in place to what was
     # stored: its timestamp, and for a post/void or balancing transfer the amount
-    # and accounts it resolved to.  Holds the GIL (raises MemoryError when out of memory).
+    # and accounts it resolved to.  Needs no GIL: call it `with nogil` to let Python
+    # threads run meanwhile (nothing else may use this Ledger at the same time).
+    # Returns 0; -2 when count or now_ns is out of range (nothing applied); -1 when
+    # out of memory (the open chain is undone, earlier chains of the batch stay
+    # applied and results past the failure are unset: treat the batch as failed and
+    # reload the ledger from storage).
     cdef int create_transfers_c(self, TransferC* events, uint16_t* results, Py_ssize_t count,
-                                uint64_t now_ns) except -1
+                                uint64_t now_ns) noexcept nogil
     cdef int create_accounts_c(self, AccountC* events, uint16_t* results, Py_ssize_t count,
-                               uint64_t now_ns) except -1
+                               uint64_t now_ns) noexcept nogil
     # The stored account / transfer, or NULL.  Valid until the next call that changes the ledger.
-    cdef const AccountC* lookup_account_c(self, uint64_t account_id) noexcept
-    cdef const TransferC* lookup_transfer_c(self, uint64_t id_lo, uint64_t id_hi) noexcept
+    cdef const AccountC* lookup_account_c(self, uint64_t account_id) noexcept nogil
+    cdef const TransferC* lookup_transfer_c(self, uint64_t id_lo, uint64_t id_hi) noexcept nogil
 
     # ---- internals ----
     cdef int _run_batch(self, bint is_transfer, void* events, uint16_t* precodes, uint8_t* linked,
-                        Py_ssize_t count, uint16_t* results, uint64_t now_ns) except -1
-    cdef int _reserve(self, Py_ssize_t accounts_more, Py_ssize_t transfers_more) except -1
-    cdef int64_t _find_account(self, uint64_t account_id) noexcept
-    cdef int64_t _find_transfer(self, uint64_t id_lo, uint64_t id_hi) noexcept
-    cdef int _create_account(self, AccountC* a, uint64_t now_ns) except -1
-    cdef int _create_transfer(self, TransferC* t, uint64_t now_ns) except -1
-    cdef int _create_single(self, TransferC* t, uint64_t now_ns) except -1
-    cdef int _resolve_pending(self, TransferC* t, uint64_t now_ns) except -1
-    cdef int _existing_code(self, TransferC* t) noexcept
-    cdef int _insert_transfer(self, TransferC* t, uint8_t status, bint undoable) except -1
-    cdef int _insert_account(self, AccountC* a, bint undoable) except -1
+                        Py_ssize_t count, uint16_t* results, uint64_t now_ns) noexcept nogil
+    cdef int _reserve(self, Py_ssize_t accounts_more, Py_ssize_t transfers_more) noexcept nogil
+    cdef int64_t _find_account(self, uint64_t account_id) noexcept nogil
+    cdef int64_t _find_transfer(self, uint64_t id_lo, uint64_t id_hi) noexcept nogil
+    cdef int _create_account(self, AccountC* a, uint64_t now_ns) noexcept nogil
+    cdef int _create_transfer(self, TransferC* t, uint64_t now_ns) noexcept nogil
+    cdef int _create_single(self, TransferC* t, uint64_t now_ns) noexcept nogil
+    cdef int _resolve_pending(self, TransferC* t, uint64_t now_ns) noexcept nogil
+    cdef int _existing_code(self, TransferC* t) noexcept nogil
+    cdef int _insert_transfer(self, TransferC* t, uint8_t status, bint undoable) noexcept nogil
+    cdef int _insert_account(self, AccountC* a, bint undoable) noexcept nogil
     cdef int _move(self, int64_t debit_row, int64_t credit_row, int64_t pending_delta, uint64_t pending_amount,
-                   uint64_t posted_amount, uint64_t timestamp, bint undoable) except -1
-    cdef int _apply_resolution(self, int64_t pending_row, TransferC* stored, bint posting, bint undoable) except -1
-    cdef int _push_undo(self, uint8_t kind, int64_t row, int64_t slot) except -1
-    cdef void _rollback(self, Py_ssize_t undo_mark) noexcept
-    cdef int _remember_failed(self, TransferC* t) except -1
-    cdef int _push_expiry(self, int64_t row) except -1
-    cdef int _journal_write(self, uint8_t kind, const void* record, Py_ssize_t size) except -1
-    cdef int _history_append(self, int64_t row, uint64_t timestamp) except -1
-    cdef int _expire_one(self, int64_t row, uint64_t timestamp) except -1
-    cdef ExpiryC _pop_expiry(self) noexcept
-    cdef void _prefetch_transfer(self, const TransferC* t) noexcept
+                   uint64_t posted_amount, uint64_t timestamp, bint undoable) noexcept nogil
+    cdef int _apply_resolution(self, int64_t pending_row, TransferC* stored, bint posting, bint undoable) noexcept nogil
+    cdef int _push_undo(self, uint8_t kind, int64_t row, int64_t slot) noexcept nogil
+    cdef void _rollback(self, Py_ssize_t undo_mark) noexcept nogil
+    cdef int _remember_failed(self, TransferC* t) noexcept nogil
+    cdef int _push_expiry(self, int64_t row) noexcept nogil
+    cdef int _journal_write(self, uint8_t kind, const void* record, Py_ssize_t size) noexcept nogil
+    cdef int _history_append(self, int64_t row, uint64_t timestamp) noexcept nogil
+    cdef int _expire_one(self, int64_t row, uint64_t timestamp) noexcept nogil
+    cdef ExpiryC _pop_expiry(self) noexcept nogil
+    cdef void _prefetch_transfer(self, const TransferC* t) noexcept nogil
     cdef int _create_one(self, bint is_transfer, void* events, uint16_t* precodes, uint8_t* linked,
-                         Py_ssize_t index, Py_ssize_t count, uint64_t now_ns, ChainMarkC* mark) except -1
-    cdef void _mark_chain(self, ChainMarkC* mark) noexcept
-    cdef void _rollback_chain(self, ChainMarkC* mark) noexcept
-    cdef int _rehash_accounts(self, uint64_t slot_count) except -1
-    cdef int _rehash_transfers(self, uint64_t slot_count) except -1
+                         Py_ssize_t index, Py_ssize_t count, uint64_t now_ns, ChainMarkC* mark) noexcept nogil
+    cdef void _mark_chain(self, ChainMarkC* mark) noexcept nogil
+    cdef void _rollback_chain(self, ChainMarkC* mark) noexcept nogil
+    cdef int _rehash_accounts(self, uint64_t slot_count) noexcept nogil
+    cdef int _rehash_transfers(self, uint64_t slot_count) noexcept nogil
     cdef void _free_state(self) noexcept
     cdef int _replay_account(self, const AccountRecordC* r) except -1
     cdef int _replay_transfer(self, const TransferRecordC* r) except -1

@@ -142,8 +142,8 @@ cdef void _advise_huge_pages(void* address, size_t size) noexcept nogil:
         madvise(<void*>start, end - start, MADV_HUGEPAGE)    # advice only: failure changes nothing
 
 
-cdef int _grow(void** array, Py_ssize_t* capacity, Py_ssize_t needed, size_t item_size) except -1:
-    """Make room for `needed` items, doubling; raises MemoryError instead of returning NULL."""
+cdef int _grow(void** array, Py_ssize_t* capacity, Py_ssize_t needed, size_t item_size) noexcept nogil:
+    """Make room for `needed` items, doubling; -1 when out of memory (the array is unchanged)."""
     if needed <= capacity[0]:
         return 0
     cdef Py_ssize_t new_capacity = capacity[0] * 2 if capacity[0] else 64
@@ -151,7 +151,7 @@ cdef int _grow(void** array, Py_ssize_t* capacity, Py_ssize_t needed, size_t ite
         new_capacity *= 2
     cdef void* grown = realloc(array[0], new_capacity * item_size)
     if grown == NULL:
-        raise MemoryError("ledger: out of memory")
+        return -1
     array[0] = grown
     capacity[0] = new_capacity
     _advise_huge_pages(grown, new_capacity * item_size)
@@ -582,31 +582,35 @@ cdef class Ledger:
         self.journal_size = self.journal_capacity = 0
         self.timestamp_last = 0
         self.account_mask = self.transfer_mask = 0
-        self._reserve(0, 0)
+        if self._reserve(0, 0) < 0:
+            raise MemoryError("ledger: out of memory")
 
     # ---- indexes -------------------------------------------------------------
 
-    cdef int _reserve(self, Py_ssize_t accounts_more, Py_ssize_t transfers_more) except -1:
+    cdef int _reserve(self, Py_ssize_t accounts_more, Py_ssize_t transfers_more) noexcept nogil:
         """Room for this many more rows, so nothing moves or rehashes inside a batch."""
-        _grow(<void**>&self.accounts, &self.account_capacity, self.account_rows + accounts_more, sizeof(AccountC))
-        _grow(<void**>&self.transfers, &self.transfer_capacity, self.transfer_rows + transfers_more,
-              sizeof(TransferC))
+        if _grow(<void**>&self.accounts, &self.account_capacity, self.account_rows + accounts_more,
+                 sizeof(AccountC)) < 0:
+            return -1
+        if _grow(<void**>&self.transfers, &self.transfer_capacity, self.transfer_rows + transfers_more,
+                 sizeof(TransferC)) < 0:
+            return -1
         cdef uint64_t slots = 1024
         while slots < <uint64_t>(2 * (self.account_rows + accounts_more)):
             slots *= 2
-        if self.account_slots == NULL or slots > self.account_mask + 1:
-            self._rehash_accounts(slots)
+        if (self.account_slots == NULL or slots > self.account_mask + 1) and self._rehash_accounts(slots) < 0:
+            return -1
         slots = 1024
         while slots < <uint64_t>(2 * (self.transfer_rows + transfers_more)):
             slots *= 2
-        if self.transfer_slots == NULL or slots > self.transfer_mask + 1:
-            self._rehash_transfers(slots)
+        if (self.transfer_slots == NULL or slots > self.transfer_mask + 1) and self._rehash_transfers(slots) < 0:
+            return -1
         return 0
 
-    cdef int _rehash_accounts(self, uint64_t slot_count) except -1:
+    cdef int _rehash_accounts(self, uint64_t slot_count) noexcept nogil:
         cdef int64_t* slots = <int64_t*>calloc(slot_count, sizeof(int64_t))
         if slots == NULL:
-            raise MemoryError("ledger: out of memory")
+            return -1
         _advise_huge_pages(slots, slot_count * sizeof(int64_t))
         cdef uint64_t mask = slot_count - 1, position, hash_value
         cdef Py_ssize_t row
@@ -621,10 +625,10 @@ cdef class Ledger:
         self.account_mask = mask
         return 0
 
-    cdef int _rehash_transfers(self, uint64_t slot_count) except -1:
+    cdef int _rehash_transfers(self, uint64_t slot_count) noexcept nogil:
         cdef int64_t* slots = <int64_t*>calloc(slot_count, sizeof(int64_t))
         if slots == NULL:
-            raise MemoryError("ledger: out of memory")
+            return -1
         _advise_huge_pages(slots, slot_count * sizeof(int64_t))
         cdef uint64_t mask = slot_count - 1, position, hash_value
         cdef Py_ssize_t row
@@ -639,7 +643,7 @@ cdef class Ledger:
         self.transfer_mask = mask
         return 0
 
-    cdef int64_t _find_account(self, uint64_t account_id) noexcept:
+    cdef int64_t _find_account(self, uint64_t account_id) noexcept nogil:
         cdef uint64_t hash_value = _mix(account_id)
         cdef uint64_t position = hash_value & self.account_mask
         cdef int64_t slot
@@ -651,7 +655,7 @@ cdef class Ledger:
                 return _slot_row(slot)
             position = (position + 1) & self.account_mask
 
-    cdef int64_t _find_transfer(self, uint64_t id_lo, uint64_t id_hi) noexcept:
+    cdef int64_t _find_transfer(self, uint64_t id_lo, uint64_t id_hi) noexcept nogil:
         cdef uint64_t hash_value = _hash128(id_lo, id_hi)
         cdef uint64_t position = hash_value & self.transfer_mask
         cdef int64_t slot, row
@@ -665,7 +669,7 @@ cdef class Ledger:
                     return row
             position = (position + 1) & self.transfer_mask
 
-    cdef int _insert_account(self, AccountC* a, bint undoable) except -1:
+    cdef int _insert_account(self, AccountC* a, bint undoable) noexcept nogil:
         cdef uint64_t hash_value = _mix(a.id)
         cdef uint64_t position = hash_value & self.account_mask
         while self.account_slots[position]:
@@ -676,10 +680,10 @@ cdef class Ledger:
         self.account_slots[position] = _slot(hash_value, row)
         self.account_rows += 1
         if undoable:
-            self._push_undo(UNDO_ACCOUNT_INSERT, row, <int64_t>position)
+            return self._push_undo(UNDO_ACCOUNT_INSERT, row, <int64_t>position)
         return 0
 
-    cdef int _insert_transfer(self, TransferC* t, uint8_t status, bint undoable) except -1:
+    cdef int _insert_transfer(self, TransferC* t, uint8_t status, bint undoable) noexcept nogil:
         cdef uint64_t hash_value = _hash128(t.id_lo, t.id_hi)
         cdef uint64_t position = hash_value & self.transfer_mask
         while self.transfer_slots[position]:
@@ -690,13 +694,14 @@ cdef class Ledger:
         self.transfer_slots[position] = _slot(hash_value, row)
         self.transfer_rows += 1
         if undoable:
-            self._push_undo(UNDO_TRANSFER_INSERT, row, <int64_t>position)
+            return self._push_undo(UNDO_TRANSFER_INSERT, row, <int64_t>position)
         return 0
 
     # ---- undo ----------------------------------------------------------------
 
-    cdef int _push_undo(self, uint8_t kind, int64_t row, int64_t slot) except -1:
-        _grow(<void**>&self.undo, &self.undo_capacity, self.undo_count + 1, sizeof(UndoC))
+    cdef int _push_undo(self, uint8_t kind, int64_t row, int64_t slot) noexcept nogil:
+        if _grow(<void**>&self.undo, &self.undo_capacity, self.undo_count + 1, sizeof(UndoC)) < 0:
+            return -1
         cdef UndoC* u = &self.undo[self.undo_count]
         u.kind = kind
         u.row = row
@@ -712,7 +717,7 @@ cdef class Ledger:
         self.undo_count += 1
         return 0
 
-    cdef void _rollback(self, Py_ssize_t undo_mark) noexcept:
+    cdef void _rollback(self, Py_ssize_t undo_mark) noexcept nogil:
         """Undo entries back to undo_mark, newest first (rows are truncated by the caller)."""
         cdef UndoC* u
         cdef AccountC* a
@@ -736,16 +741,14 @@ cdef class Ledger:
     # ---- batches and chains ---------------------------------------------------
 
     cdef int _run_batch(self, bint is_transfer, void* events, uint16_t* precodes, uint8_t* linked,
-                        Py_ssize_t count, uint16_t* results, uint64_t now_ns) except -1:
+                        Py_ssize_t count, uint16_t* results, uint64_t now_ns) noexcept nogil:
         """Apply events in order, linked chains all or none; one code per event."""
         cdef Py_ssize_t index, earlier, chain_start = 0
         cdef bint chain_failed = False
         cdef int code
         cdef ChainMarkC mark                  # where the open chain began
-        if is_transfer:
-            self._reserve(0, count)
-        else:
-            self._reserve(count, 0)
+        if self._reserve(0 if is_transfer else count, count if is_transfer else 0) < 0:
+            return -1
         self._mark_chain(&mark)
         for index in range(count):
             if is_transfer and index + PREFETCH_DISTANCE < count:
@@ -754,6 +757,8 @@ cdef class Ledger:
                 results[index] = CODE_LINKED_EVENT_FAILED
             else:
                 code = self._create_one(is_transfer, events, precodes, linked, index, count, now_ns, &mark)
+                if code < 0:
+                    return -1                   # out of memory; the open chain is undone
                 results[index] = code
                 if code:
                     self._rollback_chain(&mark)
@@ -761,7 +766,8 @@ cdef class Ledger:
                         results[earlier] = CODE_LINKED_EVENT_FAILED
                     chain_failed = True
                     if is_transfer and _is_failure_forever(code):
-                        self._remember_failed(&(<TransferC*>events)[index])
+                        if self._remember_failed(&(<TransferC*>events)[index]) < 0:
+                            return -1
             if not linked[index]:
                 chain_start = index + 1
                 chain_failed = False
@@ -769,21 +775,22 @@ cdef class Ledger:
         return 0
 
     cdef int _create_one(self, bint is_transfer, void* events, uint16_t* precodes, uint8_t* linked,
-                         Py_ssize_t index, Py_ssize_t count, uint64_t now_ns, ChainMarkC* mark) except -1:
-        """One event's code; if it raises (out of memory), its open chain is undone first."""
+                         Py_ssize_t index, Py_ssize_t count, uint64_t now_ns, ChainMarkC* mark) noexcept nogil:
+        """One event's code, or -1 when out of memory (its open chain undone first)."""
         if linked[index] and index == count - 1:
             return CODE_LINKED_EVENT_CHAIN_OPEN
         if precodes[index]:
             return precodes[index]
-        try:
-            if is_transfer:
-                return self._create_transfer(&(<TransferC*>events)[index], now_ns)
-            return self._create_account(&(<AccountC*>events)[index], now_ns)
-        except BaseException:
+        cdef int code
+        if is_transfer:
+            code = self._create_transfer(&(<TransferC*>events)[index], now_ns)
+        else:
+            code = self._create_account(&(<AccountC*>events)[index], now_ns)
+        if code < 0:
             self._rollback_chain(mark)
-            raise
+        return code
 
-    cdef void _mark_chain(self, ChainMarkC* mark) noexcept:
+    cdef void _mark_chain(self, ChainMarkC* mark) noexcept nogil:
         self.undo_count = 0
         mark.account_rows = self.account_rows
         mark.transfer_rows = self.transfer_rows
@@ -791,7 +798,7 @@ cdef class Ledger:
         mark.journal_size = self.journal_size
         mark.timestamp_last = self.timestamp_last
 
-    cdef void _rollback_chain(self, ChainMarkC* mark) noexcept:
+    cdef void _rollback_chain(self, ChainMarkC* mark) noexcept nogil:
         """Undo everything since the mark: the ledger is as it was before the chain."""
         self._rollback(0)
         self.account_rows = mark.account_rows
@@ -800,15 +807,15 @@ cdef class Ledger:
         self.journal_size = mark.journal_size
         self.timestamp_last = mark.timestamp_last
 
-    cdef void _prefetch_transfer(self, const TransferC* t) noexcept:
+    cdef void _prefetch_transfer(self, const TransferC* t) noexcept nogil:
         LEDGER_PREFETCH(&self.transfer_slots[_hash128(t.id_lo, t.id_hi) & self.transfer_mask])
         LEDGER_PREFETCH(&self.account_slots[_mix(t.debit_account_id) & self.account_mask])
         LEDGER_PREFETCH(&self.account_slots[_mix(t.credit_account_id) & self.account_mask])
 
     cdef int create_transfers_c(self, TransferC* events, uint16_t* results, Py_ssize_t count,
-                                uint64_t now_ns) except -1:
+                                uint64_t now_ns) noexcept nogil:
         if count > <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX or now_ns > LIMIT_CLOCK_NS_MAX:
-            raise ValueError("create_transfers_c: count past batch_events_max or now_ns past the clock")
+            return -2
         cdef Py_ssize_t index
         for index in range(count):
             self.scratch_codes[index] = 0
@@ -816,9 +823,9 @@ cdef class Ledger:
         return self._run_batch(True, events, self.scratch_codes, self.scratch_linked, count, results, now_ns)
 
     cdef int create_accounts_c(self, AccountC* events, uint16_t* results, Py_ssize_t count,
-                               uint64_t now_ns) except -1:
+                               uint64_t now_ns) noexcept nogil:
         if count > <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX or now_ns > LIMIT_CLOCK_NS_MAX:
-            raise ValueError("create_accounts_c: count past batch_events_max or now_ns past the clock")
+            return -2
         cdef Py_ssize_t index
         for index in range(count):
             self.scratch_codes[index] = 0
@@ -836,8 +843,9 @@ cdef class Ledger:
             account = accounts[index]
             self.scratch_linked[index] = _is_linked(account.flags)
             self.scratch_codes[index] = _account_from_python(account, &self.scratch_accounts[index])
-        self._run_batch(False, self.scratch_accounts, self.scratch_codes, self.scratch_linked, count, results,
-                        now_ns)
+        if self._run_batch(False, self.scratch_accounts, self.scratch_codes, self.scratch_linked, count, results,
+                           now_ns) < 0:
+            raise MemoryError("ledger: out of memory; earlier chains of this batch were applied: reload")
         return [results[index] for index in range(count)]
 
     def create_transfers(self, transfers, now_ns):
@@ -851,13 +859,14 @@ cdef class Ledger:
             transfer = transfers[index]
             self.scratch_linked[index] = _is_linked(_transfer_field(transfer, FIELD_FLAGS))
             self.scratch_codes[index] = _transfer_from_python(transfer, &self.scratch_transfers[index])
-        self._run_batch(True, self.scratch_transfers, self.scratch_codes, self.scratch_linked, count, results,
-                        now_ns)
+        if self._run_batch(True, self.scratch_transfers, self.scratch_codes, self.scratch_linked, count, results,
+                           now_ns) < 0:
+            raise MemoryError("ledger: out of memory; earlier chains of this batch were applied: reload")
         return [results[index] for index in range(count)]
 
     # ---- accounts -------------------------------------------------------------
 
-    cdef int _create_account(self, AccountC* a, uint64_t now_ns) except -1:
+    cdef int _create_account(self, AccountC* a, uint64_t now_ns) noexcept nogil:
         if a.id == 0:
             return CODE_ID_MUST_NOT_BE_ZERO
         if a.id == LEDGER_U64_MAX:
@@ -879,15 +888,15 @@ cdef class Ledger:
             return CODE_ACCOUNTS_LIMIT_REACHED
         a.timestamp = _next_timestamp(self.timestamp_last, now_ns)
         self.timestamp_last = a.timestamp
-        self._insert_account(a, True)
+        if self._insert_account(a, True) < 0:
+            return -1
         cdef AccountRecordC record
         _account_record(a, &record)
-        self._journal_write(JOURNAL_ACCOUNT, &record, sizeof(record))
-        return 0
+        return self._journal_write(JOURNAL_ACCOUNT, &record, sizeof(record))
 
     # ---- transfers ------------------------------------------------------------
 
-    cdef int _create_transfer(self, TransferC* t, uint64_t now_ns) except -1:
+    cdef int _create_transfer(self, TransferC* t, uint64_t now_ns) noexcept nogil:
         if t.id_lo == 0 and t.id_hi == 0:
             return CODE_ID_MUST_NOT_BE_ZERO
         if t.id_lo == LEDGER_U64_MAX and t.id_hi == LEDGER_U64_MAX:
@@ -904,7 +913,7 @@ cdef class Ledger:
             return self._resolve_pending(t, now_ns)
         return self._create_single(t, now_ns)
 
-    cdef int _existing_code(self, TransferC* t) noexcept:
+    cdef int _existing_code(self, TransferC* t) noexcept nogil:
         cdef int64_t row = self._find_transfer(t.id_lo, t.id_hi)
         if row < 0:
             return 0
@@ -912,7 +921,7 @@ cdef class Ledger:
             return CODE_ID_ALREADY_FAILED
         return _transfer_exists_code(&self.transfers[row], t)
 
-    cdef int _create_single(self, TransferC* t, uint64_t now_ns) except -1:
+    cdef int _create_single(self, TransferC* t, uint64_t now_ns) noexcept nogil:
         if t.debit_account_id == 0:
             return CODE_DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
         if t.credit_account_id == 0:
@@ -958,19 +967,20 @@ cdef class Ledger:
         t.timestamp = timestamp
         t.expires_at_ns = timestamp + <uint64_t>t.timeout * NS_PER_SECOND if pending and t.timeout else 0
         self.timestamp_last = timestamp
-        self._insert_transfer(t, STATUS_PENDING if pending else STATUS_POSTED, True)
+        if self._insert_transfer(t, STATUS_PENDING if pending else STATUS_POSTED, True) < 0:
+            return -1
         if pending:
-            self._move(debit_row, credit_row, 1, amount, 0, timestamp, True)
-            if t.timeout:
-                self._push_expiry(self.transfer_rows - 1)
-        else:
-            self._move(debit_row, credit_row, 0, 0, amount, timestamp, True)
+            if self._move(debit_row, credit_row, 1, amount, 0, timestamp, True) < 0:
+                return -1
+            if t.timeout and self._push_expiry(self.transfer_rows - 1) < 0:
+                return -1
+        elif self._move(debit_row, credit_row, 0, 0, amount, timestamp, True) < 0:
+            return -1
         cdef TransferRecordC record
         _transfer_record(t, &record)
-        self._journal_write(JOURNAL_TRANSFER, &record, sizeof(record))
-        return 0
+        return self._journal_write(JOURNAL_TRANSFER, &record, sizeof(record))
 
-    cdef int _resolve_pending(self, TransferC* t, uint64_t now_ns) except -1:
+    cdef int _resolve_pending(self, TransferC* t, uint64_t now_ns) noexcept nogil:
         """A post_pending_transfer or void_pending_transfer."""
         if t.pending_id_lo == 0 and t.pending_id_hi == 0:
             return CODE_PENDING_ID_MUST_NOT_BE_ZERO
@@ -1009,17 +1019,18 @@ cdef class Ledger:
         t.timestamp = timestamp
         t.expires_at_ns = 0
         self.timestamp_last = timestamp
-        self._insert_transfer(t, STATUS_POSTED, True)
-        self._apply_resolution(pending_row, t, posting, True)
+        if self._insert_transfer(t, STATUS_POSTED, True) < 0:
+            return -1
+        if self._apply_resolution(pending_row, t, posting, True) < 0:
+            return -1
         cdef TransferRecordC record
         _transfer_record(t, &record)
-        self._journal_write(JOURNAL_TRANSFER, &record, sizeof(record))
-        return 0
+        return self._journal_write(JOURNAL_TRANSFER, &record, sizeof(record))
 
-    cdef int _apply_resolution(self, int64_t pending_row, TransferC* stored, bint posting, bint undoable) except -1:
+    cdef int _apply_resolution(self, int64_t pending_row, TransferC* stored, bint posting, bint undoable) noexcept nogil:
         """Release the pending amount; a post moves `stored.amount` of it to posted."""
-        if undoable:
-            self._push_undo(UNDO_STATUS, pending_row, 0)
+        if undoable and self._push_undo(UNDO_STATUS, pending_row, 0) < 0:
+            return -1
         cdef TransferC* p = &self.transfers[pending_row]
         p.status = STATUS_PENDING_POSTED if posting else STATUS_PENDING_VOIDED
         cdef int64_t debit_row = self._find_account(p.debit_account_id)
@@ -1028,11 +1039,11 @@ cdef class Ledger:
                           stored.timestamp, undoable)
 
     cdef int _move(self, int64_t debit_row, int64_t credit_row, int64_t pending_delta, uint64_t pending_amount,
-                   uint64_t posted_amount, uint64_t timestamp, bint undoable) except -1:
+                   uint64_t posted_amount, uint64_t timestamp, bint undoable) noexcept nogil:
         """Change both accounts' balances (pending_delta: +1 reserve, -1 release, 0 none) and history."""
-        if undoable:
-            self._push_undo(UNDO_BALANCES, debit_row, 0)
-            self._push_undo(UNDO_BALANCES, credit_row, 0)
+        if undoable and (self._push_undo(UNDO_BALANCES, debit_row, 0) < 0
+                         or self._push_undo(UNDO_BALANCES, credit_row, 0) < 0):
+            return -1
         cdef AccountC* dr = &self.accounts[debit_row]
         cdef AccountC* cr = &self.accounts[credit_row]
         if pending_delta > 0:
@@ -1043,14 +1054,15 @@ cdef class Ledger:
             cr.credits_pending -= pending_amount
         dr.debits_posted += posted_amount
         cr.credits_posted += posted_amount
-        if dr.flags & ACCOUNT_HISTORY:
-            self._history_append(debit_row, timestamp)
-        if cr.flags & ACCOUNT_HISTORY:
-            self._history_append(credit_row, timestamp)
+        if dr.flags & ACCOUNT_HISTORY and self._history_append(debit_row, timestamp) < 0:
+            return -1
+        if cr.flags & ACCOUNT_HISTORY and self._history_append(credit_row, timestamp) < 0:
+            return -1
         return 0
 
-    cdef int _history_append(self, int64_t row, uint64_t timestamp) except -1:
-        _grow(<void**>&self.history, &self.history_capacity, self.history_rows + 1, sizeof(HistoryC))
+    cdef int _history_append(self, int64_t row, uint64_t timestamp) noexcept nogil:
+        if _grow(<void**>&self.history, &self.history_capacity, self.history_rows + 1, sizeof(HistoryC)) < 0:
+            return -1
         cdef AccountC* a = &self.accounts[row]
         cdef HistoryC* h = &self.history[self.history_rows]
         h.timestamp = timestamp
@@ -1063,21 +1075,23 @@ cdef class Ledger:
         self.history_rows += 1
         return 0
 
-    cdef int _remember_failed(self, TransferC* t) except -1:
+    cdef int _remember_failed(self, TransferC* t) noexcept nogil:
         """Keep the id of a transfer that failed a balance check, so it can never succeed."""
         cdef TransferC failed
         memset(&failed, 0, sizeof(failed))
         failed.id_lo = t.id_lo
         failed.id_hi = t.id_hi
-        self._insert_transfer(&failed, STATUS_FAILED, False)
+        if self._insert_transfer(&failed, STATUS_FAILED, False) < 0:
+            return -1
         self.failed_count += 1
         cdef uint64_t record[2]
         record[0] = t.id_lo
         record[1] = t.id_hi
         return self._journal_write(JOURNAL_FAILED, record, sizeof(record))
 
-    cdef int _journal_write(self, uint8_t kind, const void* record, Py_ssize_t size) except -1:
-        _grow(<void**>&self.journal, &self.journal_capacity, self.journal_size + 1 + size, 1)
+    cdef int _journal_write(self, uint8_t kind, const void* record, Py_ssize_t size) noexcept nogil:
+        if _grow(<void**>&self.journal, &self.journal_capacity, self.journal_size + 1 + size, 1) < 0:
+            return -1
         self.journal[self.journal_size] = kind
         memcpy(&self.journal[self.journal_size + 1], record, size)
         self.journal_size += 1 + size
@@ -1085,8 +1099,9 @@ cdef class Ledger:
 
     # ---- expiry ---------------------------------------------------------------
 
-    cdef int _push_expiry(self, int64_t row) except -1:
-        _grow(<void**>&self.expiry_heap, &self.expiry_capacity, self.expiry_count + 1, sizeof(ExpiryC))
+    cdef int _push_expiry(self, int64_t row) noexcept nogil:
+        if _grow(<void**>&self.expiry_heap, &self.expiry_capacity, self.expiry_count + 1, sizeof(ExpiryC)) < 0:
+            return -1
         cdef Py_ssize_t child = self.expiry_count, parent
         cdef ExpiryC entry
         entry.expires_at_ns = self.transfers[row].expires_at_ns
@@ -1102,7 +1117,7 @@ cdef class Ledger:
         self.expiry_heap[child] = entry
         return 0
 
-    cdef ExpiryC _pop_expiry(self) noexcept:
+    cdef ExpiryC _pop_expiry(self) noexcept nogil:
         cdef ExpiryC top = self.expiry_heap[0]
         self.expiry_count -= 1
         cdef ExpiryC last = self.expiry_heap[self.expiry_count]
@@ -1143,15 +1158,16 @@ cdef class Ledger:
                     or p.expires_at_ns != entry.expires_at_ns):
                 continue
             timestamp = _next_timestamp(self.timestamp_last, now)
-            self._expire_one(entry.row, timestamp)
             record[0] = p.id_lo
             record[1] = p.id_hi
             record[2] = timestamp
-            self._journal_write(JOURNAL_EXPIRED, record, sizeof(record))
+            if self._expire_one(entry.row, timestamp) < 0 or self._journal_write(JOURNAL_EXPIRED, record,
+                                                                                 sizeof(record)) < 0:
+                raise MemoryError("ledger: out of memory while expiring: reload")
             released += 1
         return released
 
-    cdef int _expire_one(self, int64_t row, uint64_t timestamp) except -1:
+    cdef int _expire_one(self, int64_t row, uint64_t timestamp) noexcept nogil:
         cdef TransferC* p = &self.transfers[row]
         p.status = STATUS_PENDING_EXPIRED
         if timestamp > self.timestamp_last:
@@ -1161,11 +1177,11 @@ cdef class Ledger:
 
     # ---- lookups --------------------------------------------------------------
 
-    cdef const AccountC* lookup_account_c(self, uint64_t account_id) noexcept:
+    cdef const AccountC* lookup_account_c(self, uint64_t account_id) noexcept nogil:
         cdef int64_t row = self._find_account(account_id)
         return NULL if row < 0 else &self.accounts[row]
 
-    cdef const TransferC* lookup_transfer_c(self, uint64_t id_lo, uint64_t id_hi) noexcept:
+    cdef const TransferC* lookup_transfer_c(self, uint64_t id_lo, uint64_t id_hi) noexcept nogil:
         cdef int64_t row = self._find_transfer(id_lo, id_hi)
         if row < 0 or self.transfers[row].status == STATUS_FAILED:
             return NULL
@@ -1259,10 +1275,12 @@ cdef class Ledger:
         a.user_data_32 = r.user_data_32
         a.code = r.code
         a.flags = r.flags
-        self._reserve(1, 0)
+        if self._reserve(1, 0) < 0:
+            raise MemoryError("ledger: out of memory")
         if self._find_account(a.id) >= 0:
             raise ValueError(f"ledger journal: account {a.id} created twice")
-        self._insert_account(&a, False)
+        if self._insert_account(&a, False) < 0:
+            raise MemoryError("ledger: out of memory")
         if a.timestamp > self.timestamp_last:
             self.timestamp_last = a.timestamp
         return 0
@@ -1270,7 +1288,8 @@ cdef class Ledger:
     cdef int _replay_transfer(self, const TransferRecordC* r) except -1:
         cdef TransferC t
         _transfer_from_record(r, &t)
-        self._reserve(0, 1)
+        if self._reserve(0, 1) < 0:
+            raise MemoryError("ledger: out of memory")
         if self._find_transfer(t.id_lo, t.id_hi) >= 0:
             raise ValueError(f"ledger journal: transfer {_u128_int(t.id_lo, t.id_hi)} applied twice")
         cdef int64_t debit_row = self._find_account(t.debit_account_id)
@@ -1284,17 +1303,23 @@ cdef class Ledger:
             pending_row = self._find_transfer(t.pending_id_lo, t.pending_id_hi)
             if pending_row < 0 or self.transfers[pending_row].status != STATUS_PENDING:
                 raise ValueError("ledger journal: a post/void names no open pending transfer")
-            self._insert_transfer(&t, STATUS_POSTED, False)
-            self._apply_resolution(pending_row, &t, (t.flags & TRANSFER_POST_PENDING) != 0, False)
+            if self._insert_transfer(&t, STATUS_POSTED, False) < 0:
+                raise MemoryError("ledger: out of memory")
+            if self._apply_resolution(pending_row, &t, (t.flags & TRANSFER_POST_PENDING) != 0, False) < 0:
+                raise MemoryError("ledger: out of memory")
         elif t.flags & TRANSFER_PENDING:
             t.expires_at_ns = t.timestamp + <uint64_t>t.timeout * NS_PER_SECOND if t.timeout else 0
-            self._insert_transfer(&t, STATUS_PENDING, False)
-            self._move(debit_row, credit_row, 1, t.amount, 0, t.timestamp, False)
-            if t.timeout:
-                self._push_expiry(self.transfer_rows - 1)
+            if self._insert_transfer(&t, STATUS_PENDING, False) < 0:
+                raise MemoryError("ledger: out of memory")
+            if self._move(debit_row, credit_row, 1, t.amount, 0, t.timestamp, False) < 0:
+                raise MemoryError("ledger: out of memory")
+            if t.timeout and self._push_expiry(self.transfer_rows - 1) < 0:
+                raise MemoryError("ledger: out of memory")
         else:
-            self._insert_transfer(&t, STATUS_POSTED, False)
-            self._move(debit_row, credit_row, 0, 0, t.amount, t.timestamp, False)
+            if self._insert_transfer(&t, STATUS_POSTED, False) < 0:
+                raise MemoryError("ledger: out of memory")
+            if self._move(debit_row, credit_row, 0, 0, t.amount, t.timestamp, False) < 0:
+                raise MemoryError("ledger: out of memory")
         return 0
 
     cdef int _replay_failed(self, const uint64_t* ids) except -1:
@@ -1302,10 +1327,12 @@ cdef class Ledger:
         memset(&failed, 0, sizeof(failed))
         failed.id_lo = ids[0]
         failed.id_hi = ids[1]
-        self._reserve(0, 1)
+        if self._reserve(0, 1) < 0:
+            raise MemoryError("ledger: out of memory")
         if self._find_transfer(failed.id_lo, failed.id_hi) >= 0:
             raise ValueError("ledger journal: a failed id is already known")
-        self._insert_transfer(&failed, STATUS_FAILED, False)
+        if self._insert_transfer(&failed, STATUS_FAILED, False) < 0:
+            raise MemoryError("ledger: out of memory")
         self.failed_count += 1
         return 0
 
@@ -1313,7 +1340,9 @@ cdef class Ledger:
         cdef int64_t row = self._find_transfer(fields[0], fields[1])
         if row < 0 or self.transfers[row].status != STATUS_PENDING:
             raise ValueError("ledger journal: an expiry names no open pending transfer")
-        return self._expire_one(row, fields[2])
+        if self._expire_one(row, fields[2]) < 0:
+            raise MemoryError("ledger: out of memory")
+        return 0
 
     def state_bytes(self):
         """Canonical bytes of the whole state (the reference twin yields the same bytes)."""

@@ -1,6 +1,6 @@
 # cython: language_level=3
 """Posts through the ledger's C API, as the compiled batch pipeline will: no Python object
-per event.  Built and run by tests/test_ledger_c_api.py."""
+per event, no GIL.  Built and run by tests/test_ledger_c_api.py."""
 from libc.stdint cimport uint16_t
 from libc.string cimport memset
 
@@ -29,8 +29,13 @@ def post_through_c_api(Ledger ledger):
         transfers[index].code = 1
     transfers[1].flags = 1                      # linked to the next one, which fails
     transfers[2].credit_account_id = 1          # same account on both sides
-    ledger.create_transfers_c(transfers, results, 3, 2000)
+    cdef int status, refused
+    with nogil:                                 # the pipeline posts without holding the GIL
+        status = ledger.create_transfers_c(transfers, results, 3, 2000)
+        refused = ledger.create_transfers_c(transfers, results, 3, 2**63)
     return {
+        "status": status,
+        "refused_status": refused,
         "account_codes": account_codes,
         "transfer_codes": [results[0], results[1], results[2]],
         "stored_timestamp": transfers[0].timestamp,
