@@ -226,3 +226,39 @@ def test_log_values_round_trip_and_only_known_record_types_are_read():
     forged = msgpack.packb(msgpack.ExtType(inputlog.EXT_RECORD, msgpack.packb(["Popen", ["sh"]])))
     with pytest.raises(inputlog.InputLogError, match="unknown record type"):
         msgpack.unpackb(forged, raw=False, ext_hook=inputlog._ext_hook)
+
+
+def test_switch_serve_with_an_input_log_replays_to_the_served_state(tmp_path):
+    """End to end: `switch serve --input-log` under client load, stopped; `switch replay` of its log gives
+    the state hash of the served directory reopened."""
+    import asyncio
+
+    from bench import soak
+    from switch.client import AsyncClient, PayRequest
+
+    log_path = tmp_path / "input.log"
+    server = soak.SwitchProcess(soak.write_config(tmp_path), tmp_path / "served", "os",
+                                ("--input-log", str(log_path)))
+    server.start()
+
+    async def load() -> None:
+        qr_payload = soak.static_qr()
+        async with AsyncClient("127.0.0.1", server.port, soak.WALLET_ID, soak.WALLET_SECRET) as client:
+            for round_index in range(5):
+                requests = [PayRequest(round_index * 100 + i + 1, soak.PAYER_FIRST + i, qr_payload, 250 + i)
+                            for i in range(30)]
+                assert {result.code for result in await client.pay_many(requests)} == {Code.OK}
+
+    try:
+        fixtures.run_on("uvloop", load)
+    finally:
+        assert server.stop() == 0
+    config = config_module.load(tmp_path / "soak.toml")
+    engine = open_engine(config, str(tmp_path / "served"), durability="os")
+    try:
+        served_hash = inputlog.engine_state_hash(engine).hex()
+    finally:
+        engine.close()
+    report = inputlog.replay(str(log_path), str(tmp_path / "replayed"))
+    assert report.requests >= 5 and report.code_mismatch_count == 0
+    assert report.state_hash == served_hash
