@@ -42,7 +42,8 @@ def serve(config_path, data_dir, host, port, durability, loop_kind, tls_cert, tl
 def run(config_path: str, data_dir: str, host: str, port: int, durability: str = "fsync",
         loop_kind: str = "uvloop", tls_cert: str | None = None, tls_key: str | None = None,
         tls_client_ca: str | None = None, on_ready=None, metrics_port: int = 0,
-        metrics_host: str = "127.0.0.1", on_metrics=None, metrics_optional: bool = False, input_log_path: str | None = None) -> None:
+        metrics_host: str = "127.0.0.1", on_metrics=None, metrics_optional: bool = False,
+        input_log_path: str | None = None) -> None:
     """Open the engine, serve until a signal, close the storage. Also used by switch.demo.
     `on_metrics((host, port))` is told where the metrics are served (when metrics_port is not 0).
     A metrics port that cannot be bound stops the switch, unless `metrics_optional` (the demo)."""
