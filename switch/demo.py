@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics_address: list[tuple[str, int]] = []     # filled before on_ready runs
     run(str(config_path), str(data_dir / "lmdb"), args.host, args.port, args.durability, args.loop, on_ready=on_ready,
-        metrics_port=args.metrics_port, metrics_host=args.host, on_metrics=metrics_address.append)
+        metrics_port=args.metrics_port, metrics_host=args.host, on_metrics=metrics_address.append,
+        metrics_optional=True)
 
 
 if __name__ == "__main__":
