@@ -25,6 +25,9 @@ def test_a_short_run_against_a_real_switch_reports_documented_codes(tmp_path, ba
     assert report["by_code"].get("OK", 0) > 0
     assert sum(report["by_code"].values()) == report["count"]
     assert report["errors"] == []
+    # Said by the switch itself (`stats`), over the run: at least the measured payments.
+    assert report["switch"]["durability"] == "os"
+    assert report["switch"]["batches"] > 0 and report["switch"]["payments_answered"] >= report["count"]
 
 
 def test_the_e2e_command_writes_the_json_with_the_required_keys(tmp_path):

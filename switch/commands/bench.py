@@ -78,8 +78,9 @@ def workload(out_dir, payers, merchants, seed, wallets) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=7878, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--durability", default="unknown", show_default=True,
-              help="The switch's durability, for the report (the protocol cannot ask it yet).")
-@click.option("--build-mode", default="unknown", show_default=True, help="The switch's build mode, for the report.")
+              help="The switch's durability for the report, when it cannot say itself (no `stats`).")
+@click.option("--build-mode", default="unknown", show_default=True,
+              help="The switch's build mode for the report, when it cannot say itself.")
 @click.option("--target", default="switch", show_default=True, help="What is loaded, for the report.")
 @click.option("--cpus", default="", help="Pin the generator processes to these CPUs, e.g. 0 or 0,1.")
 @_run_options

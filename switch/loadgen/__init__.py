@@ -12,6 +12,7 @@
     plot.py       latency over time and the percentile curve (matplotlib)
     echo.py       a trivial peer to measure the generator's own ceiling
     e2e.py        the one-command run: fixture, `switch serve` subprocess, load, report
+    switch_stats.py the switch's own `stats` before and after: durability, build, batches
 
 `run_load` is the whole run for callers (the CLI, bench/load, tests).
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from switch.loadgen import recorder, report, runner
+from switch.loadgen import recorder, report, runner, switch_stats
 from switch.loadgen.runner import RunSettings
 from switch.loadgen.stream import build_items
 
@@ -37,7 +38,14 @@ def run_load(workload: dict, settings: RunSettings, *, stream_items: int = STREA
     runner.check_connections(workload, settings.connections)
     items = build_items(workload, runner.items_needed(settings, stream_items), cache_dir)
     plans = runner.plan_connections(workload, items, settings.connections)
+    stats_before = switch_stats.fetch(settings.host, settings.port, workload.get("operator"))
     exports = runner.run(settings, plans, progress)
+    stats_after = switch_stats.fetch(settings.host, settings.port, workload.get("operator")) if stats_before else None
     merged = recorder.merge(exports)
     interval_s = recorder.interval_for(settings.duration_s)
-    return report.build(merged, settings, workload, target, durability, build_mode, interval_s)
+    # What the switch reports about itself wins over what the caller said it was.
+    durability = (stats_after or {}).get("durability") or durability
+    build_mode = switch_stats.build_mode(stats_after) or build_mode
+    built = report.build(merged, settings, workload, target, durability, build_mode, interval_s)
+    built["switch"] = switch_stats.summarize(stats_before, stats_after)
+    return built

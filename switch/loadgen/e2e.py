@@ -1,7 +1,7 @@
 """The one-command run: fixture, a fresh `switch serve` on 127.0.0.1, the load, the report, stop.
 
-The run started the switch, so it knows the durability and build mode it ran with and writes
-them into the report (the protocol has no operation that reports them yet).  The switch is
+The switch reports its durability and build mode itself (`stats`, see switch_stats.py); the
+build mode of this tree is the fallback should it not answer.  The switch is
 pinned to one CPU and the generator to the other when the machine has two or more, so the two
 do not fight for a core.  The data directory is fresh per run and removed afterwards; the
 switch is stopped with SIGTERM (graceful) even when the load fails.

@@ -102,6 +102,10 @@ def wallet_secret(seed: int, wallet: int) -> str:
     return f"loadgen-wallet-{wallet + 1}-seed-{seed}-secret"
 
 
+def operator_secret(seed: int) -> str:
+    return f"loadgen-operator-seed-{seed}-secret"
+
+
 def _merchant_identifier(profile: str, rank: int) -> str:
     if profile == "promptpay":
         return f"00668{rank:08d}"
@@ -173,6 +177,8 @@ def workload_document(spec: FixtureSpec, merchants: list[dict]) -> dict:
         "wallets": [{"participant_id": wallet + 1, "secret": wallet_secret(spec.seed, wallet),
                      "payer_index_range": list(block)}
                     for wallet, block in enumerate(wallet_payer_ranges(spec))],
+        # The generator asks the switch's `stats` as this operator: durability, build, batches.
+        "operator": {"participant_id": OPERATOR_PARTICIPANT_ID, "secret": operator_secret(spec.seed)},
         "ledgers": list(LEDGERS),
         "payer_account_base": {str(ledger): payer_account_id(slot, 0) for slot, ledger in enumerate(LEDGERS)},
         # An id no wallet owns, for the not_owned kind.
@@ -223,7 +229,7 @@ def _participants_toml(spec: FixtureSpec) -> list[str]:
         lines += ["[[participants]]", f"id = {wallet + 1}", f'name = "bench wallet {wallet + 1}"', 'role = "wallet"',
                   f'secret = "{wallet_secret(spec.seed, wallet)}"', f"accounts = [{ranges}]", ""]
     lines += ["[[participants]]", f"id = {OPERATOR_PARTICIPANT_ID}", 'name = "bench operator"', 'role = "operator"',
-              f'secret = "loadgen-operator-seed-{spec.seed}-secret"', "accounts = []", ""]
+              f'secret = "{operator_secret(spec.seed)}"', "accounts = []", ""]
     return lines
 
 

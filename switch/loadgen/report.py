@@ -3,7 +3,7 @@
 JSON keys shared with bench/baselines (so `switch bench compare` reads both): target,
 durability, throughput_per_s, count, by_code (code names), latency_us {p50, p90, p99, p999, max},
 duration_s, connections, workload, machine.  The generator adds: build_mode, mode, settings,
-send_lag_us (open loop: how late the generator sent, already inside the latencies), timeline
+switch (the switch's own `stats` over the run), send_lag_us (open loop: how late the generator sent, already inside the latencies), timeline
 (per interval: payments and latency by send time), histogram (HDR, base64: the plot's
 percentile curve), errors and stream_wraps.
 """
@@ -68,6 +68,12 @@ def summary_text(report: dict) -> str:
         f"throughput {report['throughput_per_s']:,.0f} payments/s  ({report['count']:,d} in {report['duration_s']} s)",
         "latency us  " + "  ".join(f"{name} {latency[name]:,d}" for name in COMPARED_LATENCIES),
     ]
+    switch = report.get("switch")
+    if switch and switch.get("batch_us") and switch["batch_us"]["count"]:
+        batch_us, commit_us = switch["batch_us"], switch.get("commit_us") or {"sum": 0, "count": 1}
+        lines.append(f"switch says  {switch['batches']:,d} batches, {switch['payments_answered']:,d} payments "
+                     f"(warm-up and drain included), mean batch {batch_us['sum'] // batch_us['count']:,d} us, "
+                     f"mean commit {commit_us['sum'] // max(commit_us['count'], 1):,d} us")
     if report.get("send_lag_us"):
         lag = report["send_lag_us"]
         lines.append(f"send lag us (inside the latency)  p50 {lag['p50']:,d}  p99 {lag['p99']:,d}  max {lag['max']:,d}")
