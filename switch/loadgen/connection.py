@@ -105,6 +105,7 @@ class LoadConnection(asyncio.Protocol):
             elif isinstance(message, list) and len(message) == 3 and message[:2] == [0, Code.OK]:
                 self.handshaking = False
                 self.ready.set_result(message[2])
+                return  # anything after the welcome is an answer, read by _read_answers
             else:
                 code = message[1] if isinstance(message, list) and len(message) == 3 else Code.MALFORMED_HANDSHAKE
                 self.ready.set_exception(ConnectionError(f"handshake refused: {name_of(code)}"))

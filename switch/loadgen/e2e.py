@@ -52,12 +52,19 @@ def serving(config_path: pathlib.Path, durability: str, port: int, cpu: int | No
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None)
+    # A SIGTERM to the run must still stop the switch it started: make it unwind like Ctrl-C.
+    previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         _wait_listening(process, host, port, log_path)
         yield process
     finally:
         _stop(process)
         shutil.rmtree(data_dir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _exit_on_sigterm(signal_number, frame) -> None:
+    raise SystemExit(128 + signal_number)
 
 
 def _wait_listening(process: subprocess.Popen, host: str, port: int, log_path: pathlib.Path) -> None:

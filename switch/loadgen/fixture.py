@@ -30,7 +30,7 @@ from switch import qrmake
 from switch.loadgen import model
 
 FORMAT = "switch-loadgen-workload"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: the operator participant, for the switch's `stats`
 FEE_BPS = 125
 MERCHANT_ACCOUNT_ID_BASE = 1_000_000
 PAYER_ACCOUNT_ID_BASE = 100_000_000
