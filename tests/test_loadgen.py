@@ -89,6 +89,23 @@ class TestFixture:
         assert {account.ledger for account in wallets} == set(fixture.LEDGERS)
         assert all(config.participants[account.owner].owns(account.id) for account in wallets)
 
+    def test_a_rule_set_is_copied_beside_the_config_and_named_in_it(self, tmp_path):
+        from switch import config as config_module
+
+        rules = REPO / "switch" / "demo" / "rules.toml"
+        spec = fixture.FixtureSpec(seed=7, payer_count=20, merchant_count=5, wallet_count=1, rules_path=str(rules))
+        config_path, workload_path = fixture.write_fixture(tmp_path, spec)
+        config = config_module.load(config_path)
+        assert pathlib.Path(config.rules_path).read_bytes() == rules.read_bytes()
+        assert fixture.load_workload(workload_path)["rules_sha256"] == spec.rules_sha256()
+
+    def test_without_a_rule_set_the_config_names_none(self, tmp_path):
+        from switch import config as config_module
+
+        config_path, workload_path = fixture.write_fixture(tmp_path, SMALL)
+        assert config_module.load(config_path).rules_path is None
+        assert fixture.load_workload(workload_path)["rules_sha256"] is None
+
     def test_every_merchant_payload_is_valid_under_its_profile(self, small_workload):
         import core_ext
 

@@ -60,11 +60,14 @@ def bench() -> None:
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--wallets", type=click.IntRange(1), default=4, show_default=True,
               help="Wallet participants; each has its own rate limit, so more wallets allow a higher total rate.")
-def workload(out_dir, payers, merchants, seed, wallets) -> None:
+@click.option("--rules", "rules_path", type=click.Path(exists=True, dir_okay=False),
+              help="A rule set for the switch to run (e.g. switch/demo/rules.toml); default: no rules.")
+def workload(out_dir, payers, merchants, seed, wallets, rules_path) -> None:
     """Write the switch config and the generator's workload file for PAYERS and MERCHANTS."""
     from switch.loadgen import fixture
 
-    spec = fixture.FixtureSpec(seed=seed, payer_count=payers, merchant_count=merchants, wallet_count=wallets)
+    spec = fixture.FixtureSpec(seed=seed, payer_count=payers, merchant_count=merchants, wallet_count=wallets,
+                               rules_path=rules_path)
     try:
         config_path, workload_path = fixture.write_fixture(out_dir, spec)
     except ValueError as error:
@@ -105,13 +108,16 @@ def run(workload_path, host, port, durability, build_mode, target, cpus, json_pa
 @click.option("--merchants", type=click.IntRange(1), default=1_000, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--wallets", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--rules", "rules_path", type=click.Path(exists=True, dir_okay=False),
+              help="A rule set for the switch to run; default: no rules.")
 @_run_options
-def e2e(directory, durability, payers, merchants, seed, wallets, json_path, plot_path, quiet, stream_items,
-        **run_settings) -> None:
+def e2e(directory, durability, payers, merchants, seed, wallets, rules_path, json_path, plot_path, quiet,
+        stream_items, **run_settings) -> None:
     """Start a fresh `switch serve` on 127.0.0.1, load it, report, stop it: one command."""
     from switch.loadgen import RunSettings, e2e as e2e_module, fixture
 
-    spec = fixture.FixtureSpec(seed=seed, payer_count=payers, merchant_count=merchants, wallet_count=wallets)
+    spec = fixture.FixtureSpec(seed=seed, payer_count=payers, merchant_count=merchants, wallet_count=wallets,
+                               rules_path=rules_path)
     settings = _settings(RunSettings, **run_settings)
     report = _guarded(lambda: e2e_module.run_e2e(directory, spec, settings, durability, stream_items,
                                                  progress=_progress(quiet)))

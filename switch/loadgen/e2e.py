@@ -119,5 +119,6 @@ def _fixture_matches(workload_path: pathlib.Path, spec: fixture.FixtureSpec) -> 
         workload = fixture.load_workload(workload_path)
     except ValueError:
         return False
-    return (workload["seed"], workload["payers"], workload["merchants"], len(workload["wallets"])) == (
-        spec.seed, spec.payer_count, spec.merchant_count, spec.wallet_count)
+    return (workload["seed"], workload["payers"], workload["merchants"], len(workload["wallets"]),
+            workload["rules_sha256"]) == (
+        spec.seed, spec.payer_count, spec.merchant_count, spec.wallet_count, spec.rules_sha256())

@@ -20,9 +20,11 @@ currency, so every currency gets FEE_BPS (the baseline's mean), keeping two legs
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 import random
+import shutil
 
 from core_ext import limits
 from core_ext import qr_tables
@@ -39,6 +41,7 @@ FEE_ACCOUNT_ID_BASE = 9_000_000
 SETTLEMENT_ACCOUNT_ID_BASE = 8_000_000
 OPERATOR_PARTICIPANT_ID = 99
 WALLETS_DEFAULT = 4
+RULES_FILE_NAME = "rules.toml"
 # Merchants whose category a rule set may deny (betting, 7995): 1 merchant in GAMBLING_EVERY,
 # never among the hottest, so the demo rule set's `deny-gambling` has something to decline.
 GAMBLING_EVERY = 50
@@ -72,6 +75,12 @@ class FixtureSpec:
     payer_count: int = model.PAYER_COUNT_DEFAULT
     merchant_count: int = model.MERCHANT_COUNT_DEFAULT
     wallet_count: int = WALLETS_DEFAULT
+    # A rule set (TOML) for the switch to run, copied beside the config; None: no rules, so the
+    # gambling merchants and large payments pass, and the figures are those of the bare pay flow.
+    rules_path: str | None = None
+
+    def rules_sha256(self) -> str | None:
+        return hashlib.sha256(pathlib.Path(self.rules_path).read_bytes()).hexdigest() if self.rules_path else None
 
     def check(self) -> None:
         if not 1 <= self.merchant_count < PAYER_ACCOUNT_ID_BASE - MERCHANT_ACCOUNT_ID_BASE:
@@ -163,6 +172,8 @@ def write_fixture(directory: str | pathlib.Path, spec: FixtureSpec) -> tuple[pat
     merchants = merchant_table(spec)
     openings = model.opening_balances_minor(spec.seed, spec.payer_count)
     config_path = directory / "switch.toml"
+    if spec.rules_path:
+        shutil.copyfile(spec.rules_path, directory / RULES_FILE_NAME)
     config_path.write_text(config_toml(spec, merchants, openings))
     workload = workload_document(spec, merchants)
     workload_path = directory / "workload.json"
@@ -174,6 +185,7 @@ def workload_document(spec: FixtureSpec, merchants: list[dict]) -> dict:
     return {
         "format": FORMAT, "version": FORMAT_VERSION,
         "seed": spec.seed, "payers": spec.payer_count, "merchants": spec.merchant_count,
+        "rules_sha256": spec.rules_sha256(),
         "wallets": [{"participant_id": wallet + 1, "secret": wallet_secret(spec.seed, wallet),
                      "payer_index_range": list(block)}
                     for wallet, block in enumerate(wallet_payer_ranges(spec))],
@@ -205,8 +217,11 @@ def config_toml(spec: FixtureSpec, merchants: list[dict], openings: list[int]) -
         f"# seed {spec.seed}, {spec.payer_count} payers x {len(LEDGERS)} currencies, "
         f"{spec.merchant_count} merchants, {spec.wallet_count} wallets.",
         "[switch]", 'name = "qr-switch-bench"', f"accounts_max = {max(spec.account_count(), 1000)}",
-        f"rate_items_per_second = {limits.RATE_ITEMS_PER_SECOND}", f"rate_burst_items = {limits.RATE_BURST_ITEMS}", "",
+        f"rate_items_per_second = {limits.RATE_ITEMS_PER_SECOND}", f"rate_burst_items = {limits.RATE_BURST_ITEMS}",
     ]
+    if spec.rules_path:
+        lines.append(f'rules = "{RULES_FILE_NAME}"')
+    lines.append("")
     lines += _participants_toml(spec)
     for ledger in LEDGERS:
         lines += ["[[ledgers]]", f"ledger = {ledger}", f"fee_account_id = {FEE_ACCOUNT_ID_BASE + ledger}",
