@@ -153,16 +153,20 @@ class SwitchProcess:
     def start(self) -> float:
         """Start and wait until it listens; the seconds that took (journal replay included)."""
         started = time.monotonic()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "switch", "serve", "--config", str(self.config_path), "--data", str(self.data_dir),
-             "--port", "0", "--durability", self.durability, *self.extra_args],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        # The server's log goes to a file beside the config: a failed start shows why.
+        self.log_path = self.config_path.parent / "server.log"
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "switch", "serve", "--config", str(self.config_path),
+                 "--data", str(self.data_dir), "--port", "0", "--durability", self.durability, *self.extra_args],
+                stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
         line = self.process.stdout.readline()
         if "listening on" not in line:
             self.process.kill()
             self.process.wait()
-            raise RuntimeError(f"switch did not start (exit {self.process.returncode}): {line!r}")
+            tail = self.log_path.read_text(errors="replace").splitlines()[-3:]
+            raise RuntimeError(f"switch did not start (exit {self.process.returncode}): {line!r} {tail}")
         self.port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
         return time.monotonic() - started
 
@@ -342,26 +346,36 @@ def run_soak(work_dir: pathlib.Path, kills: int, seed: int, durability: str = "o
     loop = new_event_loop()
     try:
         report.restart_seconds_max = server.start()
-        for _ in range(kills):
-            failures_before = len(report.failures)
-            kill_after_seconds = rng.uniform(*KILL_AFTER_SECONDS)
-            loop.run_until_complete(_load_until_killed(server, payments, qr_payload, report, kill_after_seconds))
-            if server.wait_dead() != -signal.SIGKILL:
-                report.failures.append("the server exited before it was killed")
-            report.kills += 1
-            report.restart_seconds_max = max(report.restart_seconds_max, server.start())
-            loop.run_until_complete(_retry(server.port, payments, qr_payload, report, rng))
-            # Beside the running server (read-only, no lock): everything sent so far is now posted once.
-            check_data_dir(data_dir, payments, report)
-            if len(report.failures) == failures_before:
-                report.rounds_with_nothing_lost += 1
+        _run_rounds(server, payments, qr_payload, report, rng, loop, kills, data_dir)
         if server.stop() != 0:
             report.failures.append("graceful stop did not exit 0")
+    except RuntimeError as error:                 # the switch would not start: a finding, not a crash
+        report.failures.append(str(error))
     finally:
         server.kill()
         loop.close()
-    check_data_dir(data_dir, payments, report)
+    if (data_dir / "data.mdb").exists():
+        check_data_dir(data_dir, payments, report)
     return report
+
+
+def _run_rounds(server: SwitchProcess, payments: Payments, qr_payload: str, report: SoakReport,
+                rng: random.Random, loop, kills: int, data_dir: pathlib.Path) -> None:
+    for _ in range(kills):
+        failures_before = len(report.failures)
+        kill_after_seconds = rng.uniform(*KILL_AFTER_SECONDS)
+        loop.run_until_complete(_load_until_killed(server, payments, qr_payload, report, kill_after_seconds))
+        if server.wait_dead() != -signal.SIGKILL:
+            report.failures.append("the server exited before it was killed")
+        report.kills += 1
+        report.restart_seconds_max = max(report.restart_seconds_max, server.start())
+        loop.run_until_complete(_retry(server.port, payments, qr_payload, report, rng))
+        # Beside the running server (read-only, no lock): everything sent so far is now posted once.
+        check_data_dir(data_dir, payments, report)
+        if len(report.failures) == failures_before:
+            report.rounds_with_nothing_lost += 1
+        print(f"kill {report.kills}: {report.payments_sent} payments sent, {len(report.failures)} failures, "
+              f"restart {report.restart_seconds_max:.2f} s max", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
