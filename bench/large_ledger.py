@@ -1,0 +1,89 @@
+"""The largest ledger tested: build one, then time recovery on open and `switch ledger check`.
+
+    python -m bench.large_ledger --accounts 1000000 --transfers 10000000 --work-dir /var/tmp/large
+
+Builds the ledger through the storage layer exactly as the switch commits it (one
+LMDB write transaction per batch of batch_events_max events, durability `os`),
+closes it, then reopens it as a restarting switch would (replaying the whole
+journal) and runs the offline check.  Prints accounts, transfers, data size,
+build rate, recovery seconds and check seconds as JSON, for bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import random
+import sys
+import time
+
+from core_ext import core, limits
+from core_ext.types import Account, Transfer
+from switch.storage import Storage
+
+LEDGER_INR = 356
+TRANSFER_CODE = 1
+
+
+def build(data_dir: pathlib.Path, accounts: int, transfers: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    ledger = core.Ledger(accounts_max=accounts)
+    started = time.monotonic()
+    with Storage.open(data_dir, [ledger], durability="os") as storage:
+        for first in range(1, accounts + 1, limits.BATCH_EVENTS_MAX):
+            batch = [Account(id=i, ledger=LEDGER_INR, code=1)
+                     for i in range(first, min(first + limits.BATCH_EVENTS_MAX, accounts + 1))]
+            assert not any(ledger.create_accounts(batch, time.time_ns()))
+            storage.commit()
+        for first in range(1, transfers + 1, limits.BATCH_EVENTS_MAX):
+            batch = [Transfer(id=i, debit_account_id=rng.randint(1, accounts), credit_account_id=0,
+                              amount=rng.randint(1, 100_000), ledger=LEDGER_INR, code=TRANSFER_CODE)
+                     for i in range(first, min(first + limits.BATCH_EVENTS_MAX, transfers + 1))]
+            for transfer in batch:   # never the same account on both sides
+                transfer.credit_account_id = transfer.debit_account_id % accounts + 1
+            assert not any(ledger.create_transfers(batch, time.time_ns()))
+            storage.commit()
+        state_hash = ledger.state_hash()
+        batches = storage.sequence
+    return {"build_seconds": round(time.monotonic() - started, 1), "batches": batches,
+            "state_hash": state_hash.hex()}
+
+
+def recover(data_dir: pathlib.Path, accounts: int) -> dict:
+    ledger = core.Ledger(accounts_max=accounts)
+    started = time.monotonic()
+    storage = Storage.open(data_dir, [ledger], durability="os")
+    seconds = time.monotonic() - started
+    try:
+        return {"recovery_seconds": round(seconds, 2), "recovered_state_hash": ledger.state_hash().hex(),
+                "transfers": ledger.transfer_count, "accounts": ledger.account_count}
+    finally:
+        storage.close(checkpoint=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--accounts", type=int, default=1_000_000)
+    parser.add_argument("--transfers", type=int, default=10_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--work-dir", type=pathlib.Path, required=True, help="An empty directory (kept).")
+    arguments = parser.parse_args(argv)
+    data_dir = arguments.work_dir / "data"
+    if data_dir.exists():
+        parser.error(f"{data_dir} exists: give an empty --work-dir")
+    from switch.commands.ledger import run_check
+
+    report = {"accounts_requested": arguments.accounts, "transfers_requested": arguments.transfers}
+    report.update(build(data_dir, arguments.accounts, arguments.transfers, arguments.seed))
+    report["data_bytes"] = sum(path.stat().st_blocks * 512 for path in data_dir.iterdir() if path.is_file())
+    report.update(recover(data_dir, arguments.accounts))
+    started = time.monotonic()
+    check = run_check(str(data_dir))
+    report.update({"check_seconds": round(time.monotonic() - started, 1), "check_ok": check["ok"],
+                   "recovered_exactly": report["recovered_state_hash"] == report["state_hash"]})
+    print(json.dumps(report, indent=2))
+    return 0 if check["ok"] and report["recovered_exactly"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
