@@ -154,16 +154,20 @@ cdef class Ledger:
     # batch with linked chains; one code per event in `results`.  count must not
     # exceed batch_events_max.  An applied event is updated in place to what was
     # stored: its timestamp, and for a post/void or balancing transfer the amount
-    # and accounts it resolved to.  Needs no GIL: call it `with nogil` to let Python
-    # threads run meanwhile (nothing else may use this Ledger at the same time).
-    # Returns 0; -2 when count or now_ns is out of range (nothing applied); -1 when
-    # out of memory (the open chain is undone, earlier chains of the batch stay
-    # applied and results past the failure are unset: treat the batch as failed and
-    # reload the ledger from storage).
+    # and accounts it resolved to.  With the GIL held; raises ValueError (count or
+    # now_ns out of range: nothing applied) or MemoryError (the open chain is undone,
+    # earlier chains of the batch stay applied: treat the batch as failed and reload
+    # the ledger from storage).
     cdef int create_transfers_c(self, TransferC* events, uint16_t* results, Py_ssize_t count,
-                                uint64_t now_ns) noexcept nogil
+                                uint64_t now_ns) except -1
     cdef int create_accounts_c(self, AccountC* events, uint16_t* results, Py_ssize_t count,
-                               uint64_t now_ns) noexcept nogil
+                               uint64_t now_ns) except -1
+    # The same without the GIL (call them `with nogil`; nothing else may use this
+    # Ledger meanwhile).  Return 0, -2 for ValueError's cases, -1 for MemoryError's.
+    cdef int create_transfers_nogil(self, TransferC* events, uint16_t* results, Py_ssize_t count,
+                                    uint64_t now_ns) noexcept nogil
+    cdef int create_accounts_nogil(self, AccountC* events, uint16_t* results, Py_ssize_t count,
+                                   uint64_t now_ns) noexcept nogil
     # The stored account / transfer, or NULL.  Valid until the next call that changes the ledger.
     cdef const AccountC* lookup_account_c(self, uint64_t account_id) noexcept nogil
     cdef const TransferC* lookup_transfer_c(self, uint64_t id_lo, uint64_t id_hi) noexcept nogil

@@ -812,8 +812,8 @@ cdef class Ledger:
         LEDGER_PREFETCH(&self.account_slots[_mix(t.debit_account_id) & self.account_mask])
         LEDGER_PREFETCH(&self.account_slots[_mix(t.credit_account_id) & self.account_mask])
 
-    cdef int create_transfers_c(self, TransferC* events, uint16_t* results, Py_ssize_t count,
-                                uint64_t now_ns) noexcept nogil:
+    cdef int create_transfers_nogil(self, TransferC* events, uint16_t* results, Py_ssize_t count,
+                                    uint64_t now_ns) noexcept nogil:
         if count > <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX or now_ns > LIMIT_CLOCK_NS_MAX:
             return -2
         cdef Py_ssize_t index
@@ -822,8 +822,17 @@ cdef class Ledger:
             self.scratch_linked[index] = events[index].flags & TRANSFER_LINKED
         return self._run_batch(True, events, self.scratch_codes, self.scratch_linked, count, results, now_ns)
 
-    cdef int create_accounts_c(self, AccountC* events, uint16_t* results, Py_ssize_t count,
-                               uint64_t now_ns) noexcept nogil:
+    cdef int create_transfers_c(self, TransferC* events, uint16_t* results, Py_ssize_t count,
+                                uint64_t now_ns) except -1:
+        cdef int status = self.create_transfers_nogil(events, results, count, now_ns)
+        if status == -2:
+            raise ValueError("create_transfers_c: count past batch_events_max or now_ns past the clock")
+        if status < 0:
+            raise MemoryError("ledger: out of memory; earlier chains of this batch were applied: reload")
+        return 0
+
+    cdef int create_accounts_nogil(self, AccountC* events, uint16_t* results, Py_ssize_t count,
+                                   uint64_t now_ns) noexcept nogil:
         if count > <Py_ssize_t>LIMIT_BATCH_EVENTS_MAX or now_ns > LIMIT_CLOCK_NS_MAX:
             return -2
         cdef Py_ssize_t index
@@ -831,6 +840,15 @@ cdef class Ledger:
             self.scratch_codes[index] = 0
             self.scratch_linked[index] = events[index].flags & ACCOUNT_LINKED
         return self._run_batch(False, events, self.scratch_codes, self.scratch_linked, count, results, now_ns)
+
+    cdef int create_accounts_c(self, AccountC* events, uint16_t* results, Py_ssize_t count,
+                               uint64_t now_ns) except -1:
+        cdef int status = self.create_accounts_nogil(events, results, count, now_ns)
+        if status == -2:
+            raise ValueError("create_accounts_c: count past batch_events_max or now_ns past the clock")
+        if status < 0:
+            raise MemoryError("ledger: out of memory; earlier chains of this batch were applied: reload")
+        return 0
 
     def create_accounts(self, accounts, now_ns):
         """One code per account (0 = created).  More than BATCH_EVENTS_MAX: every one BATCH_TOO_LARGE."""

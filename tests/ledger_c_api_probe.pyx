@@ -31,9 +31,15 @@ def post_through_c_api(Ledger ledger):
     transfers[2].credit_account_id = 1          # same account on both sides
     cdef int status, refused
     with nogil:                                 # the pipeline posts without holding the GIL
-        status = ledger.create_transfers_c(transfers, results, 3, 2000)
-        refused = ledger.create_transfers_c(transfers, results, 3, 2**63)
+        status = ledger.create_transfers_nogil(transfers, results, 3, 2000)
+        refused = ledger.create_transfers_nogil(transfers, results, 3, 2**63)
+    try:
+        ledger.create_transfers_c(transfers, results, 3, 2**63)
+        raised = None
+    except ValueError as error:
+        raised = "ValueError"
     return {
+        "raised": raised,
         "status": status,
         "refused_status": refused,
         "account_codes": account_codes,

@@ -48,6 +48,7 @@ def test_a_compiled_module_posts_through_the_c_api(probe):
     outcome = probe.post_through_c_api(compiled.Ledger(accounts_max=10))
     assert outcome["status"] == 0
     assert outcome["refused_status"] == -2                # now_ns past the clock: nothing applied
+    assert outcome["raised"] == "ValueError"              # the same, through the GIL-holding entry point
     assert outcome["account_codes"] == [0, 0]
     assert outcome["transfer_codes"] == [0, 100, 120]     # OK, LINKED_EVENT_FAILED, ACCOUNTS_MUST_BE_DIFFERENT
     assert outcome["stored_timestamp"] == 2000            # the event is updated to what was stored
