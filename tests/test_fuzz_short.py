@@ -44,6 +44,15 @@ KNOWN_FINDINGS = {
         "F2, memory: this one-record journal (now_ns -2766507116355509644, device 11) makes the compiled "
         "RuleEngine.apply_journal write out of bounds; the process aborts ('munmap_chunk(): invalid pointer')",
         "TOLERATE_NEGATIVE_JOURNAL_TIME"),
+    ("rules_config", "crash-unhashable-kind"): (
+        "F3 core_ext/rules_types.py: load_ruleset('[[rules]]\\nid = \"r\"\\nkind = [1]\\n') raises TypeError "
+        "(unhashable type: 'list'; also for field, mode, action), not RuleSetError: `switch rules check` "
+        "prints a traceback and reload_rules / SIGHUP catch only RuleSetError",
+        "TOLERATE_LOADER_TYPE_ERRORS"),
+    ("rules_config", "crash-ruleset-not-a-table"): (
+        "F3 core_ext/rules_types.py: load_ruleset('ruleset = 5\\n') raises AttributeError "
+        "('int' object has no attribute 'get'), not RuleSetError",
+        "TOLERATE_LOADER_TYPE_ERRORS"),
 }
 
 
