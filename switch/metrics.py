@@ -13,6 +13,7 @@ Metric names (docs/OPERATIONS.md says what each means and which alerts to set):
     switch_requests_total{op,code}           requests answered, by operation and whole-request code
     switch_batch_seconds                     histogram: engine time of one batch (execute + commit)
     switch_commit_seconds                    histogram: the LMDB write transaction of one batch
+    switch_request_wait_seconds              histogram: per batch, its oldest request's time in the switch
     switch_batch_requests / _events          histograms: requests and ledger events per batch
     switch_connections / _max                open connections, and the limit
     switch_queue_events                      ledger events waiting for the next batch
@@ -27,6 +28,7 @@ from __future__ import annotations
 import bisect
 import collections
 import logging
+import operator
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -35,6 +37,7 @@ from core_ext.codes import name_of
 
 log = logging.getLogger("switch.metrics")
 
+_first = operator.itemgetter(0)
 NS_PER_SECOND = 1_000_000_000
 US_PER_SECOND = 1_000_000
 # Upper bounds of the histogram buckets; an implicit +Inf bucket follows.
@@ -81,6 +84,7 @@ class OpsStats:
         self.batch_events = Histogram(BATCH_SIZE_BOUNDS)
         self.batch_us = Histogram(DURATION_US_BOUNDS)
         self.commit_us = Histogram(DURATION_US_BOUNDS)
+        self.wait_us = Histogram(DURATION_US_BOUNDS)
         # Set by the server that owns the connections (the engine does not know them).
         self.connections: Callable[[], int] = lambda: 0
         self.connections_max = 0
@@ -89,26 +93,32 @@ class OpsStats:
     def uptime_seconds(self) -> float:
         return (self.clock_ns() - self.started_ns) / NS_PER_SECOND
 
-    def observe_batch(self, batch: list, outcomes: list, batch_ns: int) -> None:
-        """One batch answered: its size, its engine time, and every answer's code.
+    def observe_batch(self, batch: list, outcomes: list, batch_ns: int, wait_ns: int | None = None) -> None:
+        """One batch answered: its size, its engine time, how long its oldest request was in the
+        switch (arrival to answer written: the batch's worst latency), and every answer's code.
         `batch` is the server's [(connection, request), ...]; payments are counted per item
-        (a pay_batch answer carries one code per payment)."""
+        (a pay_batch answer carries one code per payment).  Runs on the event loop after the
+        answers are written, so it is kept to C-level counting (Counter.update, itemgetter)."""
         self.batches += 1
         self.batch_requests.observe(len(batch))
         self.batch_us.observe(batch_ns // 1000)
-        payments = self.payments
+        if wait_ns is not None:
+            self.wait_us.observe(wait_ns // 1000)
         events = 0
+        request_keys = []
+        payments = self.payments
         for (_, request), (code, result) in zip(batch, outcomes):
             events += request.events
-            self.requests[(request.op, int(code))] += 1
-            if request.op == "pay":
-                payments[int(code)] += 1
-            elif request.op == "pay_batch":
-                if code == 0 and isinstance(result, list):
-                    for entry in result:
-                        payments[entry[0]] += 1
+            op = request.op
+            request_keys.append((op, code))
+            if op == "pay":
+                payments[code] += 1
+            elif op == "pay_batch":
+                if code == 0 and result.__class__ is list:
+                    payments.update(map(_first, result))
                 else:
-                    payments[int(code)] += len(request.args or ())
+                    payments[code] += len(request.args or ())
+        self.requests.update(request_keys)
         self.batch_events.observe(events)
 
     def timed_commit(self, commit: Callable[[], Any]) -> Callable[[], Any]:
@@ -136,6 +146,7 @@ class OpsStats:
             "batch_events": self.batch_events.snapshot(),
             "batch_us": self.batch_us.snapshot(),
             "commit_us": self.commit_us.snapshot(),
+            "wait_us": self.wait_us.snapshot(),
         }
 
 
@@ -180,6 +191,9 @@ class SwitchCollector:
                                 stats.batch_us, US_PER_SECOND)
         yield _histogram_family("switch_commit_seconds", "The storage write transaction of one batch.",
                                 stats.commit_us, US_PER_SECOND)
+        yield _histogram_family("switch_request_wait_seconds",
+                                "Per batch: arrival of its oldest request to its answers written.",
+                                stats.wait_us, US_PER_SECOND)
         yield _histogram_family("switch_batch_requests", "Requests per batch.", stats.batch_requests)
         yield _histogram_family("switch_batch_events", "Ledger events per batch.", stats.batch_events)
         yield GaugeMetricFamily("switch_connections", "Open client connections.", value=stats.connections())

@@ -259,6 +259,7 @@ class Server:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[tuple[Connection, Request]] = []
         self._queued_events = 0
+        self._oldest_queued_ns = 0
         self._wakeup: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
         self._listener: asyncio.base_events.Server | None = None
@@ -290,6 +291,9 @@ class Server:
         if request.error is None and self._queued_events + request.events > self.limits.queue_events_max:
             request.error, request.events = Code.BUSY, 0
         self._queued_events += request.events
+        if not self._queue:
+            # The oldest waiting request's arrival: the batch that takes it reports its wait.
+            self._oldest_queued_ns = time.perf_counter_ns()
         self._queue.append((connection, request))
         self._wakeup.set()
 
@@ -298,9 +302,12 @@ class Server:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                oldest_queued_ns = self._oldest_queued_ns
                 batch = self._take_batch()
                 work = [(connection.participant, request) for connection, request in batch]
                 started_ns = time.perf_counter_ns()
+                if self._queue:
+                    self._oldest_queued_ns = started_ns    # the rest arrived earlier: a lower bound
                 try:
                     outcomes = await self.loop.run_in_executor(self._executor, self.engine.process_batch, work)
                 except Exception:
@@ -308,7 +315,8 @@ class Server:
                     outcomes = [(Code.INTERNAL_ERROR, None)] * len(batch)
                 self.batches_committed += 1
                 self._answer(batch, outcomes)
-                self.ops.observe_batch(batch, outcomes, time.perf_counter_ns() - started_ns)
+                answered_ns = time.perf_counter_ns()
+                self.ops.observe_batch(batch, outcomes, answered_ns - started_ns, answered_ns - oldest_queued_ns)
 
     def _take_batch(self) -> list[tuple[Connection, Request]]:
         """Everything queued, up to batch_events_max ledger events (always at least one request)."""

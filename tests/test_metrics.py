@@ -43,8 +43,9 @@ class TestOpsStats:
         outcomes = [(Code.RISK_REVIEW, [1, 0, 764, "x"]),
                     (Code.OK, [[Code.OK, None], [Code.EXCEEDS_CREDITS, None], [Code.OK, None]]),
                     (Code.BUSY, None), (Code.OK, None)]
-        stats.observe_batch(batch, outcomes, batch_ns=1_500_000)
+        stats.observe_batch(batch, outcomes, batch_ns=1_500_000, wait_ns=2_000_000)
         snapshot = stats.snapshot()
+        assert snapshot["wait_us"]["sum"] == 2000 and snapshot["wait_us"]["count"] == 1
         assert dict(map(tuple, snapshot["payments"])) == {
             Code.OK: 2, Code.EXCEEDS_CREDITS: 1, Code.RISK_REVIEW: 1, Code.BUSY: 2}
         assert sorted(map(tuple, snapshot["requests"])) == [
@@ -109,6 +110,8 @@ def test_a_running_switch_serves_its_metrics_over_http(loop_kind, tmp_path):
                 assert 'switch_payments_total{code="OK"} 1.0' in text
                 assert "switch_connections 2.0" in text
                 assert 'switch_commit_seconds_count' in text and 'mode="' in text
+                # Every answered batch reports its oldest request's time in the switch.
+                assert f"switch_request_wait_seconds_count {float(server.ops.batches)}" in text
             finally:
                 exporter.stop()
     try:
