@@ -36,6 +36,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 WALLET_ID = 1
 WALLET_SECRET = "soak-wallet-secret-0123456789"
+OPERATOR_ID = 9
+OPERATOR_SECRET = "soak-operator-secret-012345678"
+RULES_FILE_NAME = "soak-rules.toml"
+PROBE_ID_FIRST = 10**12     # transfer ids of the rule-counter probe payments, past any the load uses
 THB = 764
 PAYER_FIRST, PAYER_COUNT = 1001, 64
 MERCHANT_ACCOUNT, FEE_ACCOUNT, SETTLEMENT_ACCOUNT = 5001, 9764, 8764
@@ -56,6 +60,14 @@ CONFIG_TOML = f"""
 [switch]
 name = "soak-switch"
 accounts_max = 10000
+rules = "{RULES_FILE_NAME}"
+
+[[participants]]
+id = {OPERATOR_ID}
+name = "soak operator"
+role = "operator"
+secret = "{OPERATOR_SECRET}"
+accounts = []
 
 [[participants]]
 id = {WALLET_ID}
@@ -105,7 +117,26 @@ opening_balance_minor = {OPENING_BALANCE_MINOR}
 """ for index in range(PAYER_COUNT))
 
 
+def rules_toml(payer_day_count_limit: int) -> str:
+    """One enforced rule whose counters the soak can read back: a payer's payments in 24 h."""
+    return f"""
+[ruleset]
+name = "soak-day-count-{payer_day_count_limit}"
+
+[[rules]]
+id = "payer-day-count"
+kind = "payer_day_count"
+version = 1
+mode = "enforce"
+action = "decline"
+reason = "SOAK_DAY_COUNT"
+limit = {payer_day_count_limit}
+"""
+
+
 def write_config(directory: pathlib.Path) -> pathlib.Path:
+    """The switch config, and its rule set with a limit no load reaches."""
+    (directory / RULES_FILE_NAME).write_text(rules_toml(2**32 - 1))
     path = directory / "soak.toml"
     path.write_text(CONFIG_TOML)
     return path
@@ -129,6 +160,7 @@ class SoakReport:
     retried_answered_exists: int = 0
     retried_answered_ok: int = 0
     rechecked_acknowledged: int = 0
+    rule_probes: int = 0
     restart_seconds_max: float = 0.0
     transfers_in_ledger: int = 0
     batches_in_journal: int = 0
@@ -196,6 +228,7 @@ class Payments:
         self.next_id = 1
         self.sent: dict[int, tuple[int, int]] = {}        # transfer id -> (payer, amount_minor)
         self.acknowledged: set[int] = set()
+        self.probes_sent = 0
 
     def new_chunk(self) -> list[int]:
         ids = []
@@ -275,6 +308,38 @@ async def _retry(port: int, payments: Payments, qr_payload: str, report: SoakRep
             report.failures.append(f"acknowledged {result.transfer_id} re-sent answered {Code(result.code).name}")
 
 
+async def probe_rule_counters(port: int, payments: Payments, qr_payload: str, report: SoakReport) -> None:
+    """The rules' per-payer counters must count every posted payment exactly once, kills and retries
+    included.  Reload the rule set (counters carry over) with a payments-per-day limit between the
+    payers' ledger counts: each payer's next payment must be declined exactly when its count reached it."""
+    from core_ext.codes import Code
+    from switch.client import AsyncClient
+
+    counts = collections.Counter(payer for payer, _ in payments.sent.values())
+    limit = max(1, sorted(counts.values())[len(counts) // 2])
+    async with AsyncClient("127.0.0.1", port, OPERATOR_ID, OPERATOR_SECRET) as operator:
+        await operator.reload_rules(rules_toml(limit))
+    probes = {PROBE_ID_FIRST + payments.probes_sent + index: (PAYER_FIRST + index, 1_000)
+              for index in range(PAYER_COUNT)}
+    payments.probes_sent += PAYER_COUNT
+    payments.sent.update(probes)
+    async with AsyncClient("127.0.0.1", port, WALLET_ID, WALLET_SECRET) as client:
+        results = await client.pay_many(_requests(payments, sorted(probes), qr_payload))
+        async with AsyncClient("127.0.0.1", port, OPERATOR_ID, OPERATOR_SECRET) as operator:
+            await operator.reload_rules(rules_toml(2**32 - 1))
+    for result in results:
+        payer = probes[result.transfer_id][0]
+        declined = counts[payer] >= limit
+        if result.code == Code.OK and not declined:
+            payments.acknowledged.add(result.transfer_id)
+        elif declined and result.code in (Code.RISK_DECLINED, Code.RISK_LIMIT_EXCEEDED):
+            del payments.sent[result.transfer_id]       # declined: never posted
+        else:
+            report.failures.append(f"rule counter of payer {payer}: ledger has {counts[payer]} payments, "
+                                   f"limit {limit}, its next payment answered {Code(result.code).name}")
+        report.rule_probes += 1
+
+
 def check_data_dir(data_dir: pathlib.Path, payments: Payments, report: SoakReport) -> None:
     """Offline: ledger check, each payment and fee leg exactly once, balances equal the payments."""
     from core_ext import core
@@ -347,6 +412,7 @@ def run_soak(work_dir: pathlib.Path, kills: int, seed: int, durability: str = "o
     try:
         report.restart_seconds_max = server.start()
         _run_rounds(server, payments, qr_payload, report, rng, loop, kills, data_dir)
+        loop.run_until_complete(probe_rule_counters(server.port, payments, qr_payload, report))
         if server.stop() != 0:
             report.failures.append("graceful stop did not exit 0")
     except RuntimeError as error:                 # the switch would not start: a finding, not a crash

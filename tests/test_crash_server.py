@@ -6,7 +6,8 @@ workers, the server is killed at seeded random moments, and after each restart
 every unacknowledged payment is re-sent with its id.  bench/soak.py checks,
 after every round and at the end: `switch ledger check` passes, every payment
 sent is journaled exactly once (fee leg too), balances equal the payments, each
-retry answered EXISTS or OK, and re-sent acknowledged payments answer EXISTS.
+retry answered EXISTS or OK, re-sent acknowledged payments answer EXISTS, and at
+the end the rules' per-payer day counters equal the payers' payments in the ledger.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def test_kill_9_under_load_loses_no_acknowledged_payment(tmp_path, durability):
     assert report.acknowledged_before_kill > 0
     assert report.retried == report.retried_answered_exists + report.retried_answered_ok
     assert report.rechecked_acknowledged > 0
+    assert report.rule_probes == soak.PAYER_COUNT          # the rules' counters matched the ledger per payer
 
 
 def test_the_check_reports_an_acknowledged_payment_missing_from_the_ledger(tmp_path):
