@@ -21,6 +21,7 @@ Metric names (docs/OPERATIONS.md says what each means and which alerts to set):
     switch_rule_hits_total{rule}
     switch_rule_shadow_hits_total{rule}
     switch_reviews_pending                   payments held for review, not yet resolved
+    switch_pipeline_total{counter}           the payment pipeline's own counters and stage timers
     switch_uptime_seconds, switch_build_info
 """
 from __future__ import annotations
@@ -223,6 +224,13 @@ class SwitchCollector:
         yield from families.values()
         yield GaugeMetricFamily("switch_reviews_pending", "Payments held for review, not yet resolved.",
                                 value=engine.get("reviews_pending", 0))
+        pipeline = CounterMetricFamily("switch_pipeline", "Payment pipeline counters since start: calls, payments, "
+                                       "and cumulative nanoseconds per stage (names ending in _ns).",
+                                       labels=["counter"])
+        for name, value in engine.get("pipeline") or ():
+            if isinstance(value, int):
+                pipeline.add_metric([name], value)
+        yield pipeline
 
 
 class MetricsExporter:

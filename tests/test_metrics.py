@@ -68,7 +68,8 @@ class TestOpsStats:
         stats.observe_batch([(None, FakeRequest("pay"))], [(Code.RISK_DECLINED, None)], batch_ns=2_000)
         stats.commit_us.observe(120)
         engine_stats = {"build": {"implementation": "compiled", "mode": "release"}, "durability": "fsync",
-                        "ruleset_hash": "ab" * 32, "rules": [["cap", 5, 2, 1]], "reviews_pending": 3}
+                        "ruleset_hash": "ab" * 32, "rules": [["cap", 5, 2, 1]], "reviews_pending": 3,
+                        "pipeline": [["payments", 9], ["qr_ns", 1200]]}
         text = metrics.MetricsExporter(stats, lambda: engine_stats).render().decode()
         assert 'switch_payments_total{code="RISK_DECLINED"} 1.0' in text
         assert 'switch_requests_total{code="RISK_DECLINED",op="pay"} 1.0' in text
@@ -77,6 +78,7 @@ class TestOpsStats:
         assert 'switch_rule_hits_total{rule="cap"} 2.0' in text
         assert 'switch_rule_shadow_hits_total{rule="cap"} 1.0' in text
         assert "switch_reviews_pending 3.0" in text
+        assert 'switch_pipeline_total{counter="qr_ns"} 1200.0' in text
         assert 'durability="fsync"' in text and "switch_connections_max" in text
 
     def test_a_failing_engine_view_still_leaves_the_server_metrics_in_the_scrape(self):

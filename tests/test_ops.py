@@ -114,6 +114,22 @@ class TestReloadRules:
                 assert (await ops.stats())["ruleset_hash"] == answer["hash"]
         run_on(loop_kind, body)
 
+    def test_payments_after_a_reload_are_decided_by_the_new_set_and_before_it_by_the_old(
+            self, loop_kind, config, tmp_path):
+        stricter = RULES_TEXT.replace("limit_minor = 50000", "limit_minor = 4000")
+
+        async def body():
+            async with switch_running(config, tmp_path) as (_, port), wallet(port) as payer, operator(port) as ops:
+                before = await payer.pay(1, fixtures.PAYER, fixtures.static_qr(), amount_minor=5_000)
+                await ops.reload_rules(stricter)
+                after = await payer.pay(2, fixtures.PAYER, fixtures.static_qr(), amount_minor=5_000)
+                assert (before.code, after.code) == (Code.OK, Code.RISK_REVIEW)
+                stats = await ops.stats()
+                # A rule whose id and version did not change keeps its counters across the reload.
+                assert {rule[0]: rule[1:] for rule in stats["rules"]}["hold-large"] == [2, 1, 0]
+                assert dict(stats["pipeline"]) and all(isinstance(name, str) for name, _ in stats["pipeline"])
+        run_on(loop_kind, body)
+
     def test_the_demo_rule_set_larger_than_one_string_travels_in_chunks(self, loop_kind, config, tmp_path):
         demo_text = (config_module.pathlib.Path(fixtures.__file__).parents[1] / "switch/demo/rules.toml").read_text()
         assert len(demo_text.encode()) > limits.STRING_BYTES_MAX
