@@ -284,6 +284,7 @@ def test_switch_review_list_approve_reject_and_rules_stats_from_the_command_line
         assert bad.exit_code == 2
         stats = runner.invoke(cli_main, ["stats", *operator])
         assert stats.exit_code == 0 and "RISK_REVIEW" in stats.output and "hold-large" in stats.output
+        assert "time in the switch, per batch" in stats.output and "commit time" in stats.output
         live = runner.invoke(cli_main, ["rules", "stats", *operator])
         assert live.exit_code == 0 and "ops-test" in live.output
         assert "hold-large" in live.output

@@ -61,7 +61,8 @@ def format_stats(snapshot: dict) -> list[str]:
         "", "payments by result:",
     ]
     lines += [f"  {name_of(code):<32} {count:>14,}" for code, count in snapshot["payments"]] or ["  (none yet)"]
-    for key, title, unit in (("commit_us", "commit time", "us"), ("batch_us", "batch time", "us"),
+    for key, title, unit in (("wait_us", "oldest request's time in the switch, per batch", "us"),
+                             ("commit_us", "commit time", "us"), ("batch_us", "batch time", "us"),
                              ("batch_requests", "requests per batch", ""), ("batch_events", "events per batch", "")):
         lines += ["", f"{title}: " + histogram_summary(snapshot[key], unit)]
     if snapshot["rules"]:
