@@ -23,6 +23,10 @@ log = logging.getLogger("switch.operations")
 
 NS_PER_SECOND = 1_000_000_000
 _RESOLVING_FLAGS = int(TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER)
+_NO_LONGER_PENDING = frozenset({Code.OK, Code.PENDING_TRANSFER_ALREADY_POSTED, Code.PENDING_TRANSFER_ALREADY_VOIDED,
+                                Code.PENDING_TRANSFER_EXPIRED})
+# Held payments looked up at once when forgetting expired ones.
+_EXPIRY_CHUNK_ITEMS = 256
 
 
 class OperatorOps:
@@ -32,6 +36,7 @@ class OperatorOps:
     ops: OpsStats | None = None
     reviews: review_module.ReviewQueue | None = None
     rules_path: str | None = None
+    _storage_commit: Any = None       # the storage's own commit, before it was wrapped to be timed
 
     def attach_operations(self, ops: OpsStats | None = None, reviews: Any = None,
                           rules_path: str | None = None) -> None:
@@ -42,9 +47,9 @@ class OperatorOps:
         if ops is not None and ops is not self.ops:
             self.ops = ops
             # Timed from outside: the engine calls commit once per batch and stays free of metrics code.
-            commit = getattr(self.storage, "_untimed_commit", None) or self.storage.commit
-            self.storage._untimed_commit = commit
-            self.storage.commit = ops.timed_commit(commit)
+            if self._storage_commit is None:
+                self._storage_commit = self.storage.commit
+            self.storage.commit = ops.timed_commit(self._storage_commit)
         if reviews is not None:
             self.reviews = reviews
         if rules_path is not None:
@@ -130,16 +135,18 @@ class OperatorOps:
 
     def _forget_expired(self, now_ns: int) -> None:
         """The ledger voided these when their review timeout passed (expire_pending at the batch's
-        start); the queue forgets them, journaled like any other resolution."""
-        expired = []
-        held, cursor = self.reviews.page(0, len(self.reviews) or 1)
-        found = self.ledger.lookup_transfers([entry.transfer_id for entry in held]) if held else []
-        for entry, transfer in zip(held, found):
-            if transfer is not None and transfer.timeout and \
-                    transfer.timestamp + transfer.timeout * NS_PER_SECOND <= now_ns:
-                expired.append(entry.transfer_id)
-        for transfer_id in expired:
-            self.reviews.resolve(transfer_id)
+        start); the queue forgets them, journaled like any other resolution.  Held payments share
+        the configured timeout, so they expire oldest first: look from the oldest, in chunks, until
+        one is still pending -- each held payment is looked at here once as expired, never twice."""
+        while len(self.reviews):
+            held = self.reviews.oldest(_EXPIRY_CHUNK_ITEMS)
+            expired = [entry.transfer_id for entry, transfer in
+                       zip(held, self.ledger.lookup_transfers([entry.transfer_id for entry in held]))
+                       if transfer is None or _expired(transfer, now_ns)]
+            for transfer_id in expired:
+                self.reviews.resolve(transfer_id)
+            if len(expired) < len(held):
+                return
 
     # ---- the review queue's bookkeeping ---------------------------------------------
 
@@ -149,11 +156,12 @@ class OperatorOps:
             self.reviews.hold(transfer_id, held_ns, participant_id, tuple(entry[0] for entry in fired))
 
     def note_resolutions(self, pending_ids: list[int], codes: list[int]) -> None:
-        """Posts and voids that succeeded take their pending transfer off the queue."""
+        """Posts and voids that succeeded take their pending transfer off the queue, and so does
+        an answer saying it is no longer pending (resolved by another path, or expired)."""
         if self.reviews is None or not len(self.reviews):
             return
         for pending_id, code in zip(pending_ids, codes):
-            if code == Code.OK:
+            if code in _NO_LONGER_PENDING:
                 self.reviews.resolve(pending_id)
 
     def note_transfers(self, transfers: list, codes: list[int]) -> None:
@@ -190,3 +198,7 @@ def open_engine(config: Any, data_dir: str, durability: str = "fsync", rules: An
     engine = Engine.open(config, data_dir, durability=durability, rules=rules, extra_components=(reviews,))
     engine.attach_operations(reviews=reviews, rules_path=getattr(config, "rules_path", None))
     return engine
+
+
+def _expired(transfer: Any, now_ns: int) -> bool:
+    return bool(transfer.timeout) and transfer.timestamp + transfer.timeout * NS_PER_SECOND <= now_ns

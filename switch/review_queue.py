@@ -78,6 +78,9 @@ class ReviewQueue:
         kind, transfer_id = record[0], int.from_bytes(record[1], "big")
         if kind == RECORD_HOLD:
             _, _, cursor, held_ns, participant_id, rule_ids = record
+            if not (_all_uints(cursor, held_ns, participant_id) and isinstance(rule_ids, list)
+                    and all(isinstance(rule_id, str) for rule_id in rule_ids)):
+                raise ValueError("review journal: malformed hold record")
             if cursor <= self._cursor_last:
                 raise ValueError(f"review journal: cursor {cursor} after {self._cursor_last}")
             self._by_id[transfer_id] = Held(transfer_id, cursor, held_ns, participant_id, tuple(rule_ids))
@@ -115,6 +118,9 @@ class ReviewQueue:
     def get(self, transfer_id: int) -> Held | None:
         return self._by_id.get(transfer_id)
 
+    def oldest(self, count: int) -> list[Held]:
+        return self.page(0, count)[0]
+
     # ---- journaled component ------------------------------------------------------------
 
     def take_journal(self) -> bytes | None:
@@ -137,7 +143,7 @@ class ReviewQueue:
             if not (isinstance(record, list) and len(record) >= 2 and isinstance(record[1], bytes)
                     and len(record[1]) == ID_BYTES):
                 raise ValueError("review journal: malformed record")
-            self._apply(record)
+            self._apply(record)     # ValueError for anything else malformed (wrong arity, types, order)
 
     def state_hash(self) -> bytes:
         digest = hashlib.sha256()
@@ -145,6 +151,10 @@ class ReviewQueue:
             digest.update(repr(tuple(held)).encode() + b"\n")
         digest.update(str(self._cursor_last).encode())
         return digest.digest()
+
+
+def _all_uints(*values: Any) -> bool:
+    return all(type(value) is int and value >= 0 for value in values)
 
 
 def held_to_wire(held: Held, transfer: Any, now_ns: int) -> dict:

@@ -76,7 +76,10 @@ class TestReviewQueue:
 
     @pytest.mark.parametrize("blob", [b"", b"\x02\x90", b"\x01\xc1", b"\x01\x91\x92\x01\xc4\x01x",
                                       b"\x01\x91\x92\x03" + b"\xc4\x10" + bytes(16),
-                                      b"\x01\x91\x92\x02" + b"\xc4\x10" + bytes(16)])
+                                      b"\x01\x91\x92\x02" + b"\xc4\x10" + bytes(16),
+                                      # a hold whose cursor is a str, and one whose rules are not strs
+                                      b"\x01\x91\x96\x01\xc4\x10" + bytes(15) + b"\x01\xa1x\x01\x01\x90",
+                                      b"\x01\x91\x96\x01\xc4\x10" + bytes(15) + b"\x01\x01\x01\x01\x91\x07"])
     def test_a_malformed_journal_is_refused_with_value_error(self, blob):
         with pytest.raises(ValueError):
             review_queue.ReviewQueue().apply_journal(blob)
