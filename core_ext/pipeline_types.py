@@ -20,7 +20,15 @@ from typing import Iterator, NamedTuple
 from core_ext import limits
 
 U64_MAX = 2**64 - 1
+U128_MAX = 2**128 - 1
 NS_PER_SECOND = 1_000_000_000
+BASIS_POINTS = 10_000
+# Transfer codes (the ledger's `code` field) the switch itself posts.
+TRANSFER_CODE_PAYMENT = 1
+TRANSFER_CODE_MERCHANT_FEE = 2
+TRANSFER_CODE_OPENING_BALANCE = 3
+# Account codes (docs/INTERNALS.md): a person's receiving account is what the fan-in and balance cap rules watch.
+ACCOUNT_CODE_PERSONAL_RECEIVING = 5
 RATE_SCALE = 1_000_000              # usd_minor_per_million_minor is per this many minor units
 MODE_CODES = {"off": 0, "shadow": 1, "enforce": 2}
 MODE_NAMES = {code: name for name, code in MODE_CODES.items()}
@@ -36,20 +44,101 @@ LEDGER_COUNTRY: dict[int, int] = {
 }
 
 
-def digest_u64(purpose: bytes, data: bytes) -> int:
-    """A nonzero u64 digest (0 means "none" to the rules)."""
-    value = int.from_bytes(hashlib.blake2b(data, digest_size=8, person=purpose).digest(), "big")
-    return value or 1
+# ---- settings the pipeline takes (built from the switch config by the engine) ------
+
+class LedgerSettings(NamedTuple):
+    ledger: int                          # ISO 4217 numeric
+    fee_bps: int                         # merchant discount, basis points
+    fee_account_id: int
+    usd_minor_per_million_minor: int     # FATF R.16 conversion (0: none)
+
+
+class ParticipantSettings(NamedTuple):
+    id: int
+    is_operator: bool
+    range_starts: tuple                  # sorted inclusive ranges of owned accounts
+    range_ends: tuple
+
+
+class PipelineSettings(NamedTuple):
+    participants: tuple                  # ParticipantSettings
+    ledgers: tuple                       # LedgerSettings
+    review_timeout_seconds: int
+    rate_items_per_second: int
+    rate_burst_items: int
+
+
+class TokenBucket:
+    """Items per second per participant, with a burst; refilled from the batch clock."""
+
+    __slots__ = ("rate_per_second", "burst", "tokens", "updated_ns")
+
+    def __init__(self, rate_per_second: int, burst: int, now_ns: int) -> None:
+        self.rate_per_second = rate_per_second
+        self.burst = burst
+        self.tokens = burst
+        self.updated_ns = now_ns
+
+    def take(self, count: int, now_ns: int) -> bool:
+        elapsed_ns = max(0, now_ns - self.updated_ns)
+        refill = elapsed_ns * self.rate_per_second // NS_PER_SECOND
+        if refill:
+            self.tokens = min(self.burst, self.tokens + refill)
+            # Advance only by the time the whole tokens account for, so fractions are not lost.
+            self.updated_ns += refill * NS_PER_SECOND // self.rate_per_second
+        if self.tokens < count:
+            return False
+        self.tokens -= count
+        return True
+
+
+def derive_id(purpose: bytes, source_id: int) -> int:
+    """A u128 id derived from another id: the same payment id always yields the same fee
+    leg id, so an idempotent retry posts the same legs and gets EXISTS, never a double."""
+    digest = hashlib.blake2b(purpose + source_id.to_bytes(16, "big"), digest_size=16).digest()
+    derived = int.from_bytes(digest, "big")
+    return derived if 0 < derived < U128_MAX else 1
+
+
+def fee_id_for(payment_id: int) -> int:
+    return derive_id(b"merchant-fee", payment_id)
+
+
+# ---- what the rules are told ---------------------------------------------------
+
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+DIGEST_SEED_DEVICE = 0x6465766963650000     # "device"
+DIGEST_SEED_QR = 0x7172000000000000         # "qr"
+
+
+def mix64(value: int) -> int:
+    """splitmix64's finaliser (the same as core_ext.rules_types.mix64)."""
+    value = (value + 0x9E3779B97F4A7C15) & U64_MAX
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & U64_MAX
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & U64_MAX
+    return value ^ (value >> 31)
+
+
+def digest_u64(seed: int, data: bytes) -> int:
+    """A nonzero u64 digest (0 means "none" to the rules): FNV-1a over the bytes, finished
+    with mix64. Not a cryptographic hash, and it need not be: a collision only merges two
+    devices' (or codes') counters, and whoever can choose a device id can change it anyway.
+    Chosen because the compiled pipeline computes it in a few nanoseconds per payment."""
+    value = FNV_OFFSET ^ seed
+    for byte in data:
+        value = ((value ^ byte) * FNV_PRIME) & U64_MAX
+    return mix64(value) or 1
 
 
 def device_digest(device_id: str | None) -> int:
     if not device_id:
         return 0
-    return digest_u64(b"device", device_id.encode("utf-8", "surrogatepass"))
+    return digest_u64(DIGEST_SEED_DEVICE, device_id.encode("utf-8", "surrogatepass"))
 
 
 def qr_digest(payload: str) -> int:
-    return digest_u64(b"qr", payload.encode("utf-8", "surrogatepass"))
+    return digest_u64(DIGEST_SEED_QR, payload.encode("utf-8", "surrogatepass"))
 
 
 def usd_minor(amount_minor: int, usd_minor_per_million_minor: int) -> int:
@@ -153,17 +242,24 @@ class AuditLog:
 
     def __init__(self) -> None:
         self._pending: list[bytes] = []
+        self._pending_count = 0
         self.reset()
 
     def append(self, record: AuditRecord) -> None:
         self._pending.append(encode_audit_record(record))
+        self._pending_count += 1
+
+    def append_encoded(self, records: bytes, count: int) -> None:
+        """`count` records already encoded back to back (the compiled pipeline writes them in C)."""
+        self._pending.append(records)
+        self._pending_count += count
 
     def take_journal(self) -> bytes | None:
         if not self._pending:
             return None
         blob = bytes([AUDIT_VERSION]) + b"".join(self._pending)
-        self._absorb(blob, len(self._pending))
-        self._pending = []
+        self._absorb(blob, self._pending_count)
+        self._pending, self._pending_count = [], 0
         return blob
 
     def apply_journal(self, blob: bytes) -> None:
@@ -179,5 +275,6 @@ class AuditLog:
 
     def reset(self) -> None:
         self._pending = []
+        self._pending_count = 0
         self.records_total = 0
         self._digest = hashlib.sha256()

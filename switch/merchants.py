@@ -91,6 +91,10 @@ class MerchantDirectory:
     def __len__(self) -> int:
         return len(self._merchants)
 
+    def registrations(self) -> list[tuple[str, str, Merchant]]:
+        """Every (scheme, merchant identifier, merchant): what the compiled pipeline mirrors into C."""
+        return [(scheme, merchant_id, merchant) for (scheme, merchant_id), merchant in self._merchants.items()]
+
     # ---- the dynamic-QR guard --------------------------------------------------------
     def check_and_consume(self, qr_result, payload: str, amount_minor: int, now_s: int) -> int:
         """OK and record the use, or the code that refuses this payment of this QR code.

@@ -157,7 +157,10 @@ def test_a_payment_the_ledger_refuses_is_not_observed(impl):
     assert codes == [Code.OK, Code.OK]
 
 
-def test_rules_see_the_payment_as_the_switch_knows_it(impl):
+def test_rules_see_the_payment_as_the_switch_knows_it(reference):
+    """The twin's context, field by field (the compiled one fills a C struct; the property test
+    in test_pipeline_properties.py compares their decisions on generated payments)."""
+    impl = reference
     seen = []
 
     class Recording:
