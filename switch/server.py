@@ -25,6 +25,7 @@ from switch import protocol
 from switch.config import Config, Participant
 from switch.metrics import OpsStats
 from switch.protocol import FrameBuffer, ProtocolError, Request
+from switch.engine import OP_RAW_PAY, Encoded
 
 log = logging.getLogger("switch.server")
 
@@ -33,6 +34,7 @@ log = logging.getLogger("switch.server")
 SWITCH_INTERVAL_SECONDS = 0.0001
 
 HANDSHAKE, OPEN, DRAINING, CLOSED = "handshake", "open", "draining", "closed"
+NS_PER_SECOND = 1_000_000_000
 
 
 class ServerLimits:
@@ -46,6 +48,7 @@ class ServerLimits:
                  handshake_timeout_ms: int = limits.HANDSHAKE_TIMEOUT_MS,
                  batch_events_max: int = limits.SERVER_BATCH_EVENTS_MAX,
                  queue_events_max: int = limits.SERVER_QUEUE_EVENTS_MAX,
+                 queue_wait_ms_max: int = limits.SERVER_QUEUE_WAIT_MS_MAX,
                  frame_bytes_max: int = limits.FRAME_BYTES_MAX) -> None:
         self.connections_max = connections_max
         self.in_flight_requests_max = in_flight_requests_max
@@ -55,6 +58,7 @@ class ServerLimits:
         self.handshake_timeout_ms = handshake_timeout_ms
         self.batch_events_max = batch_events_max
         self.queue_events_max = queue_events_max
+        self.queue_wait_ms_max = queue_wait_ms_max
         self.frame_bytes_max = frame_bytes_max
 
 
@@ -149,7 +153,7 @@ class Connection(asyncio.BufferedProtocol):
             if self.state == HANDSHAKE:
                 self._authenticate(body)
             else:
-                self._submit(protocol.decode_request(body), len(body))
+                self._submit(self.server.request_of(body), len(body))
 
     def _authenticate(self, body: bytes) -> None:
         try:
@@ -252,6 +256,8 @@ class Server:
                  ssl_context: ssl_module.SSLContext | None = None) -> None:
         self.engine = engine
         self.config = config
+        # The pipeline's header check: pay / pay_batch bodies go to it undecoded (its C reader decodes them).
+        self._peek = getattr(getattr(engine, "pipeline", None), "peek", None)
         self.limits = server_limits or ServerLimits()
         self.ssl_context = ssl_context
         self.connections: set[Connection] = set()
@@ -266,6 +272,9 @@ class Server:
         # One thread: batches run strictly one after another, off the event loop.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="switch-commit")
         self.batches_committed = 0
+        # Ledger events per second the recent batches committed (see _note_commit_rate); 0: unknown.
+        self.commit_events_per_second = 0
+        self._rate_from_full_batches = False
         # What the stats operation and the metrics port report (switch/metrics.py).
         self.ops = OpsStats()
         self.ops.connections = lambda: len(self.connections)
@@ -285,10 +294,20 @@ class Server:
         log.info("serving on %s:%d (%s)", address[0], address[1], type(self.loop).__module__)
         return address[0], address[1]
 
+    def request_of(self, body: bytes) -> Request:
+        """A pay / pay_batch body as a raw request (op OP_RAW_PAY, args = the body) for the core's
+        pipeline to decode, run and encode; any other body decoded here.  The request id is read
+        from the header, so a raw request shed with BUSY is still answered under its own id."""
+        if self._peek is not None:
+            events, request_id = self._peek(body)
+            if events >= 0:
+                return Request(request_id, OP_RAW_PAY, body, None, events)
+        return protocol.decode_request(body)
+
     def submit(self, connection: Connection, request: Request) -> None:
-        """Queue a request for the next batch; past queue_events_max it is shed with BUSY
+        """Queue a request for the next batch; past the queue's bounds it is shed with BUSY
         (still queued, so its answer keeps its place in the connection's order)."""
-        if request.error is None and self._queued_events + request.events > self.limits.queue_events_max:
+        if request.error is None and request.events and self._over_queue_bounds(request.events):
             request.error, request.events = Code.BUSY, 0
         self._queued_events += request.events
         if not self._queue:
@@ -296,6 +315,34 @@ class Server:
             self._oldest_queued_ns = time.perf_counter_ns()
         self._queue.append((connection, request))
         self._wakeup.set()
+
+    def _over_queue_bounds(self, events: int) -> bool:
+        """Past queue_events_max; or, with more than a batch waiting, more work ahead than the
+        recent commit rate gets through in queue_wait_ms_max (so what is accepted is answered in
+        about that time, and the rest is told BUSY at once instead of waiting seconds).  Before
+        any batch has committed the rate is unknown: no more than one batch may wait."""
+        queued = self._queued_events + events
+        if queued > self.limits.queue_events_max:
+            return True
+        if queued <= self.limits.batch_events_max:
+            return False
+        return queued * 1000 > self.limits.queue_wait_ms_max * self.commit_events_per_second
+
+    def _note_commit_rate(self, events: int, elapsed_ns: int) -> None:
+        """Learn the commit rate from batches at least half full, and from smaller ones only until
+        such a batch is seen: a small batch is dominated by the fixed cost of a commit, so its rate
+        understates what the switch does under load (a lower bound, safe to start from)."""
+        if events <= 0 or elapsed_ns <= 0:
+            return
+        rate = events * NS_PER_SECOND // elapsed_ns
+        if events * 2 < self.limits.batch_events_max:
+            if not self._rate_from_full_batches:
+                self.commit_events_per_second = rate
+            return
+        previous = self.commit_events_per_second if self._rate_from_full_batches else 0
+        self._rate_from_full_batches = True
+        # Weighted toward recent batches: follows a disk that slows down within a few batches.
+        self.commit_events_per_second = rate if not previous else (previous * 3 + rate) // 4
 
     async def _run_batches(self) -> None:
         while True:
@@ -317,6 +364,7 @@ class Server:
                 self._answer(batch, outcomes)
                 answered_ns = time.perf_counter_ns()
                 self.ops.observe_batch(batch, outcomes, answered_ns - started_ns, answered_ns - oldest_queued_ns)
+                self._note_commit_rate(sum(request.events for _, request in batch), answered_ns - started_ns)
 
     def _take_batch(self) -> list[tuple[Connection, Request]]:
         """Everything queued, up to batch_events_max ledger events (always at least one request)."""
@@ -333,8 +381,11 @@ class Server:
 
     def _answer(self, batch: list[tuple[Connection, Request]], outcomes: list) -> None:
         frames: dict[Connection, list[bytes]] = {}
-        for (connection, request), (code, result) in zip(batch, outcomes):
-            frame = protocol.pack_frame(protocol.response(request.request_id, code, result))
+        for (connection, request), outcome in zip(batch, outcomes):
+            if type(outcome) is Encoded:
+                frame = outcome.frame            # the pipeline wrote it (a raw pay / pay_batch)
+            else:
+                frame = protocol.pack_frame(protocol.response(request.request_id, *outcome))
             frames.setdefault(connection, []).append(frame)
         for connection, connection_frames in frames.items():
             if connection.state != CLOSED and not connection.transport.is_closing():

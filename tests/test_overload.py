@@ -20,6 +20,7 @@ import pytest
 from core_ext.codes import Code
 from switch import config as config_module, protocol
 from switch.engine import Outcome
+from switch.server import Server, ServerLimits
 from test_server_helpers import LOOP_KINDS, OTHER_ID, OTHER_SECRET, Raw, base_document, run_on, running
 
 BATCH_SECONDS = 0.01
@@ -128,17 +129,23 @@ async def well_behaved_client(port: int, stop: asyncio.Event) -> list:
     return codes
 
 
-@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
-def test_ten_times_the_sustainable_rate_is_shed_with_busy_and_the_switch_stays_healthy(loop_kind):
+# The two bounds of the queue, each alone: its events, or the time the work queued ahead would take.
+EVENTS_BOUND = {"queue_events_max": QUEUE_EVENTS_MAX}
+WAIT_BOUND = {"queue_events_max": 10**9, "queue_wait_ms_max": 50}
+NOMINAL_EVENTS_PER_SECOND = BATCH_EVENTS_MAX / BATCH_SECONDS       # the double is never faster
+
+
+@pytest.mark.parametrize("loop_kind, bound", [("asyncio", EVENTS_BOUND), ("uvloop", EVENTS_BOUND),
+                                              ("uvloop", WAIT_BOUND)])
+def test_ten_times_the_sustainable_rate_is_shed_with_busy_and_the_switch_stays_healthy(loop_kind, bound):
     config = config_module.parse(base_document())
     engine = SlowEngine()
     payments_per_wallet = int(SUSTAINABLE_PAYMENTS_PER_SECOND * OVERLOAD_FACTOR * OVERLOAD_SECONDS / WALLETS)
     rss_before_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     async def body():
-        async with running(engine, config, batch_events_max=BATCH_EVENTS_MAX, queue_events_max=QUEUE_EVENTS_MAX,
-                           connections_max=CONNECTIONS_MAX, write_buffer_bytes_high=64 << 10,
-                           write_stall_ms_max=500) as (server, port):
+        async with running(engine, config, batch_events_max=BATCH_EVENTS_MAX, connections_max=CONNECTIONS_MAX,
+                           write_buffer_bytes_high=64 << 10, write_stall_ms_max=500, **bound) as (server, port):
             engine.server = server
             stop = asyncio.Event()
             polite = asyncio.ensure_future(well_behaved_client(port, stop))
@@ -155,9 +162,52 @@ def test_ten_times_the_sustainable_rate_is_shed_with_busy_and_the_switch_stays_h
     codes = [answer[1] for wallet_answers in answers for answer in wallet_answers]
     assert set(codes) == {Code.OK, Code.BUSY}
     assert codes.count(Code.BUSY) > codes.count(Code.OK)        # most of a tenfold overload is shed
-    assert max(engine.queued_events_seen) <= QUEUE_EVENTS_MAX   # the queue never grew past its bound
+    if bound is EVENTS_BOUND:
+        assert max(engine.queued_events_seen) <= QUEUE_EVENTS_MAX   # the queue never grew past its bound
+    else:   # never more queued than the nominal rate commits in queue_wait_ms_max (or one batch)
+        wait_budget_events = max(BATCH_EVENTS_MAX, NOMINAL_EVENTS_PER_SECOND * WAIT_BOUND["queue_wait_ms_max"] / 1000)
+        assert max(engine.queued_events_seen) <= wait_budget_events + PAY_EVENTS
     assert slow_reader_cut
     assert Code.TOO_MANY_CONNECTIONS in {frame[1] for frame in flood}
     assert polite_codes and set(polite_codes) == {Code.OK}      # the other client was served throughout
     rss_after_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     assert rss_after_bytes - rss_before_bytes < RSS_GROWTH_BYTES_MAX
+
+
+def make_server(**limit_overrides) -> Server:
+    return Server(SlowEngine(), config_module.parse(base_document()), ServerLimits(**limit_overrides))
+
+
+def test_queue_wait_bound_at_the_limit_and_one_past():
+    server = make_server(batch_events_max=10, queue_events_max=10**6, queue_wait_ms_max=100)
+    server.commit_events_per_second = 1_000                # 100 ms of work = 100 events
+    assert not server._over_queue_bounds(100)
+    assert server._over_queue_bounds(101)
+
+
+def test_one_batch_of_work_is_never_shed_for_time_and_more_is_before_the_rate_is_known():
+    server = make_server(batch_events_max=10, queue_events_max=10**6, queue_wait_ms_max=1)
+    assert server.commit_events_per_second == 0            # nothing committed yet
+    assert not server._over_queue_bounds(10)
+    assert server._over_queue_bounds(11)
+    server.commit_events_per_second = 1                    # absurdly slow: still one batch may wait
+    assert not server._over_queue_bounds(10)
+
+
+def test_the_events_bound_holds_whatever_the_rate():
+    server = make_server(batch_events_max=10, queue_events_max=1_000, queue_wait_ms_max=100)
+    server.commit_events_per_second = 10**9
+    assert not server._over_queue_bounds(1_000)
+    assert server._over_queue_bounds(1_001)
+
+
+def test_the_commit_rate_comes_from_full_batches_once_one_is_seen():
+    server = make_server(batch_events_max=100)
+    server._note_commit_rate(10, 10_000_000)               # small batch, nothing better known: a lower bound
+    assert server.commit_events_per_second == 1_000
+    server._note_commit_rate(50, 10_000_000)               # half full: 50 events in 10 ms
+    assert server.commit_events_per_second == 5_000
+    server._note_commit_rate(10, 1_000_000_000)            # small ones no longer count
+    assert server.commit_events_per_second == 5_000
+    server._note_commit_rate(100, 10_000_000)              # recent full batches weigh a quarter
+    assert server.commit_events_per_second == (5_000 * 3 + 10_000) // 4
