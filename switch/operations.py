@@ -100,7 +100,7 @@ class OperatorOps:
         if self.rules is None:
             return Code.RULES_NOT_CONFIGURED, None
         try:
-            ruleset = load_ruleset(toml_text)
+            ruleset = _parse_ruleset(toml_text)
             self.rules.reload(ruleset)
         except RuleSetError as error:
             log.warning("rule set refused: %s", error)
@@ -202,3 +202,16 @@ def open_engine(config: Any, data_dir: str, durability: str = "fsync", rules: An
 
 def _expired(transfer: Any, now_ns: int) -> bool:
     return bool(transfer.timeout) and transfer.timestamp + transfer.timeout * NS_PER_SECOND <= now_ns
+
+
+def _parse_ruleset(toml_text: str):
+    """load_ruleset, with any failure on operator input reported as RuleSetError: a typo in a
+    rule set must be answered RULES_INVALID, never fail the batch it rides in (load_ruleset
+    still lets a TypeError or AttributeError through for some shapes, fuzz finding F3)."""
+    try:
+        return load_ruleset(toml_text)
+    except RuleSetError:
+        raise
+    except Exception as error:
+        log.exception("rule set validation failed unexpectedly")
+        raise RuleSetError(f"rule set is not valid: {type(error).__name__}: {error}") from error

@@ -2,6 +2,7 @@
 list_pending's arguments.  Every test runs on uvloop and on the stock asyncio loop."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import pytest
@@ -149,6 +150,18 @@ class TestReloadRules:
                 assert refused.value.code == Code.RULES_INVALID
                 assert "hold-large" in str(refused.value)
                 assert (await ops.stats())["ruleset_hash"] == load_ruleset(RULES_TEXT).hash
+        run_on(loop_kind, body)
+
+    def test_rule_sets_that_trip_the_validator_are_refused_without_failing_the_batch(self, loop_kind, config, tmp_path):
+        async def body():
+            async with switch_running(config, tmp_path) as (_, port), wallet(port) as payer, operator(port) as ops:
+                for text in ('ruleset = 5\n', '[[rules]]\nid = "r"\nkind = [1]\n'):
+                    paid = asyncio.ensure_future(payer.pay(len(text), fixtures.PAYER, fixtures.static_qr(), 100))
+                    await asyncio.sleep(0)                          # the payment leaves first
+                    with pytest.raises(SwitchError) as refused:
+                        await ops.reload_rules(text)
+                    assert refused.value.code == Code.RULES_INVALID
+                    assert (await paid).code == Code.OK        # a payment beside it is unharmed
         run_on(loop_kind, body)
 
     def test_a_switch_without_rules_answers_rules_not_configured(self, loop_kind, config, tmp_path):
