@@ -119,6 +119,8 @@ cdef class Pipeline:
     cdef uint64_t calls
     cdef uint64_t fast_decodes
     cdef uint64_t slow_decodes
+    cdef uint64_t code_counts[1000]      # answers per result code (codes are < 1000)
+    cdef readonly uint32_t last_code     # the request-level code of the last run (OK for a run batch)
 
     # ---- internals (core_ext/_pipeline.pyx) ----
     cdef int _load_participants(self, participants) except -1

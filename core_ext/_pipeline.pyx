@@ -839,31 +839,33 @@ cdef class Pipeline:
         values = {f"{STAGES[index]}_ns": self.stage_ns[index] for index in range(4)}
         values.update(payments=self.payments, calls=self.calls, fast_decodes=self.fast_decodes,
                       slow_decodes=self.slow_decodes)
+        values["codes"] = {code: self.code_counts[code] for code in range(1000) if self.code_counts[code]}
         return values
 
     # ---- raw frames ------------------------------------------------------------------------
 
     @staticmethod
     def peek(bytes body):
-        """Ledger events of a body the fast path takes ([uint, "pay"|"pay_batch", ...]), else -1."""
+        """(ledger events, request id) of a body the fast path takes ([uint, "pay"|"pay_batch", ...]),
+        or (-1, 0); the twin's docstring says why."""
         cdef Reader r
         cdef uint64_t request_id
         cdef Py_ssize_t count
         r.data, r.size, r.position = <const unsigned char*>PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), 1
         if r.size < 2 or r.data[0] != 0x93:
-            return -1
+            return (-1, 0)
         if r.data[1] > 0x7F and r.data[1] not in (0xCC, 0xCD, 0xCE):
-            return -1
+            return (-1, 0)
         if not read_uint(&r, &request_id) or request_id < 1:
-            return -1
+            return (-1, 0)
         if r.position + 4 <= r.size and r.data[r.position] == 0xA3 and memcmp(r.data + r.position + 1, b"pay", 3) == 0:
-            return 2
+            return (2, request_id)
         if r.position + 10 <= r.size and r.data[r.position] == 0xA9 \
                 and memcmp(r.data + r.position + 1, b"pay_batch", 9) == 0:
             r.position += 10
             count = read_array(&r)
-            return 2 * count if 0 < count <= <Py_ssize_t>LIMIT_BATCH_FRAME_ITEMS_MAX else 1
-        return -1
+            return (2 * count if 0 < count <= <Py_ssize_t>LIMIT_BATCH_FRAME_ITEMS_MAX else 1, request_id)
+        return (-1, 0)
 
     def run(self, participant_id, bytes body, int64_t now_ns):
         """One raw request body in, its whole response frame out (a bytes object)."""
@@ -890,6 +892,7 @@ cdef class Pipeline:
         self.stage_ns[STAGE_DECODE] += monotonic_ns() - started_ns
         if request.error is not None or request.op not in (protocol.OP_PAY, protocol.OP_PAY_BATCH):
             code = request.error if request.error is not None else CODE_UNKNOWN_OPERATION
+            self.last_code = code
             return protocol.pack_frame(protocol.response(request.request_id, code, None))
         items = [request.args] if request.op == protocol.OP_PAY else request.args
         count = self._load_items(items)
@@ -961,6 +964,8 @@ cdef class Pipeline:
         self._audit_count = 0
         for index in range(count):
             self._decide_post(participant, &self.items[index], index, now_ns)
+            if self.items[index].code < 1000:
+                self.code_counts[self.items[index].code] += 1
         self._flush_audit()
         self.stage_ns[STAGE_DECIDE_POST] += monotonic_ns() - checked_ns
         self.payments += count
@@ -1200,6 +1205,7 @@ cdef class Pipeline:
         out.size = 4
         put_byte(out, 0x93)
         put_uint(out, request_id)
+        self.last_code = CODE_OK if batch else self.items[0].code
         if batch:
             put_byte(out, 0)
             put_array_header(out, count)

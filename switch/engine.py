@@ -65,7 +65,8 @@ class Outcome(NamedTuple):
 
 
 class Encoded(NamedTuple):
-    """An answer the pipeline already encoded: the whole response frame."""
+    """An answer the pipeline already encoded: the request-level code, and the whole response frame."""
+    code: int
     frame: bytes
 
 
@@ -197,7 +198,8 @@ class Engine(OperatorOps):
         if request.error is not None:
             return Outcome(request.error, None)
         if request.op == OP_RAW_PAY:
-            return Encoded(self._after_pay(self.pipeline.run(participant.id, request.args, now_ns)))
+            frame = self._after_pay(self.pipeline.run(participant.id, request.args, now_ns))
+            return Encoded(self.pipeline.last_code, frame)
         if request.op in (protocol.OP_PAY, protocol.OP_PAY_BATCH):
             return self._pay_request(participant, request, now_ns)
         handler = self._HANDLERS[request.op]

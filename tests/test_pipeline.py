@@ -112,13 +112,14 @@ def test_any_body_gets_the_slow_paths_answer(impl, raw):
 
 def test_peek_takes_only_pay_headers_and_counts_their_events(impl):
     peek = impl.Pipeline.peek
-    assert peek(body(1, "pay", pay_args(1))) == 2
-    assert peek(body(1, "pay_batch", [pay_args(1)] * 3)) == 6
-    assert peek(body(1, "pay_batch", [pay_args(1)] * limits.BATCH_FRAME_ITEMS_MAX)) == 2 * limits.BATCH_FRAME_ITEMS_MAX
-    assert peek(body(1, "pay_batch", [pay_args(1)] * (limits.BATCH_FRAME_ITEMS_MAX + 1))) == 1
-    assert peek(body(1, "pay_batch", [])) == 1
+    assert peek(body(1, "pay", pay_args(1))) == (2, 1)
+    assert peek(body(2**32 - 1, "pay_batch", [pay_args(1)] * 3)) == (6, 2**32 - 1)
+    assert peek(body(3, "pay_batch", [pay_args(1)] * limits.BATCH_FRAME_ITEMS_MAX)) == (
+        2 * limits.BATCH_FRAME_ITEMS_MAX, 3)
+    assert peek(body(4, "pay_batch", [pay_args(1)] * (limits.BATCH_FRAME_ITEMS_MAX + 1))) == (1, 4)
+    assert peek(body(5, "pay_batch", [])) == (1, 5)
     for other in (body(1, "ping", None), body(1, "transfers", []), b"", b"\x93", body(0, "pay", [])):
-        assert peek(other) == -1
+        assert peek(other) == (-1, 0)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -20,6 +20,7 @@ bytes; `pay` takes decoded items.  Stage clocks are read once per stage per call
 from __future__ import annotations
 
 import bisect
+import collections
 import time
 from typing import Any
 
@@ -58,6 +59,8 @@ class Pipeline:
         self._holds: list[tuple] = []
         self._stage_ns = dict.fromkeys(STAGES, 0)
         self._counts = {"payments": 0, "calls": 0}
+        self._code_counts: collections.Counter = collections.Counter()
+        self.last_code = int(Code.OK)       # the request-level code of the last run (OK for a run batch)
 
     # ---- participants, merchants, rate ----------------------------------------------
 
@@ -95,23 +98,23 @@ class Pipeline:
     # ---- raw frames -------------------------------------------------------------------
 
     @staticmethod
-    def peek(body: bytes) -> int:
-        """Ledger events of a body the fast path takes ([uint, "pay"|"pay_batch", ...]), else -1.
-
-        Reads only the header: a malformed rest is `run`'s to answer, exactly as the slow path would."""
+    def peek(body: bytes) -> tuple[int, int]:
+        """(ledger events, request id) of a body the fast path takes ([uint, "pay"|"pay_batch", ...]),
+        or (-1, 0).  Reads only the header: a malformed rest is `run`'s to answer, exactly as the slow
+        path would; the request id lets the server answer a shed request (BUSY) in its place."""
         if len(body) < 2 or body[0] != 0x93:
-            return -1
-        position = _skip_request_id(body, 1)
+            return (-1, 0)
+        request_id, position = _read_request_id(body, 1)
         if position < 0 or position >= len(body) or not 0xA0 <= body[position] <= 0xBF:
-            return -1
+            return (-1, 0)
         length = body[position] - 0xA0
         op = _PAY_OPS.get(bytes(body[position + 1:position + 1 + length]))
         if op is None:
-            return -1
+            return (-1, 0)
         if op == 1:
-            return 2
+            return (2, request_id)
         count = _array_length(body, position + 1 + length)
-        return 2 * count if 0 < count <= limits.BATCH_FRAME_ITEMS_MAX else 1
+        return (2 * count if 0 < count <= limits.BATCH_FRAME_ITEMS_MAX else 1, request_id)
 
     def run(self, participant_id: int, body: bytes, now_ns: int) -> bytes:
         """One raw request body in, its whole response frame out."""
@@ -123,10 +126,13 @@ class Pipeline:
         self._stage_ns["decode"] += decoded_ns - started_ns
         if request.error is not None:
             result = (request.error, None)
+        elif request.op not in (protocol.OP_PAY, protocol.OP_PAY_BATCH):
+            result = (Code.UNKNOWN_OPERATION, None)
         elif request.op == protocol.OP_PAY:
             result = self.pay(participant_id, [request.args], now_ns)[0]
         else:
             result = (Code.OK, [list(answer) for answer in self.pay(participant_id, request.args, now_ns)])
+        self.last_code = int(result[0])
         encode_ns = time.monotonic_ns()
         frame = protocol.pack_frame(protocol.response(request.request_id, *result))
         self._stage_ns["respond"] += time.monotonic_ns() - encode_ns
@@ -144,6 +150,7 @@ class Pipeline:
         self._stage_ns["decide_post"] += time.monotonic_ns() - checked_ns
         self._counts["payments"] += len(items)
         self._counts["calls"] += 1
+        self._code_counts.update(int(code) for code, _ in answers)
         return answers
 
     def pay_one(self, participant_id: int, item: Any, qr: Any, now_ns: int) -> tuple[int, Any]:
@@ -268,7 +275,8 @@ class Pipeline:
 
     def stats(self) -> dict:
         """Nanoseconds spent per stage and payments run, since start (commit is the engine's)."""
-        return {**{f"{stage}_ns": value for stage, value in self._stage_ns.items()}, **self._counts}
+        return {**{f"{stage}_ns": value for stage, value in self._stage_ns.items()}, **self._counts,
+                "codes": dict(self._code_counts)}
 
 
 class _Payment:
@@ -317,17 +325,17 @@ def _mcc_number(mcc: Any) -> int:
     return int(text) if text.isdigit() else 0
 
 
-def _skip_request_id(body: bytes, position: int) -> int:
-    """Position after a msgpack uint request id in 1..2^32-1, or -1."""
+def _read_request_id(body: bytes, position: int) -> tuple[int, int]:
+    """(request id, position after it) of a msgpack uint in 1..2^32-1, or (0, -1)."""
     lead = body[position]
     if 0x01 <= lead <= 0x7F:
-        return position + 1
+        return lead, position + 1
     widths = {0xCC: 1, 0xCD: 2, 0xCE: 4}
     width = widths.get(lead)
     if width is None or position + 1 + width > len(body):
-        return -1
+        return 0, -1
     value = int.from_bytes(body[position + 1:position + 1 + width], "big")
-    return position + 1 + width if value >= 1 else -1
+    return (value, position + 1 + width) if value >= 1 else (0, -1)
 
 
 def _array_length(body: bytes, position: int) -> int:
