@@ -1,7 +1,8 @@
 """What the operator statistics cost the switch, per batch and per payment.
 
-* `observe_batch` runs on the event loop after every batch's answers are written: one full
-  pay_batch (4,095 payments) and a batch of 64 single `pay` requests;
+* `observe_batch` runs on the event loop after every batch's answers are written: a batch
+  holding one full pay_batch (4,095 payments; its cost does not grow with the payments, which
+  the pipeline counts) and a batch of 64 single `pay` requests;
 * a Prometheus scrape (`render`) runs on the metrics thread, with a demo-sized rule set.
 
 Run: `make bench` or `.venv/bin/python -m pytest bench/test_bench_metrics.py --benchmark-only`.

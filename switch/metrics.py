@@ -9,7 +9,7 @@ switch nothing between scrapes.
 
 Metric names (docs/OPERATIONS.md says what each means and which alerts to set):
 
-    switch_payments_total{code}              payments answered, by result code name
+    switch_payments_total{code}              payments decided by the pipeline, by result code name
     switch_requests_total{op,code}           requests answered, by operation and whole-request code
     switch_batch_seconds                     histogram: engine time of one batch (execute + commit)
     switch_commit_seconds                    histogram: the LMDB write transaction of one batch
@@ -29,7 +29,6 @@ from __future__ import annotations
 import bisect
 import collections
 import logging
-import operator
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -38,7 +37,6 @@ from core_ext.codes import name_of
 
 log = logging.getLogger("switch.metrics")
 
-_first = operator.itemgetter(0)
 NS_PER_SECOND = 1_000_000_000
 US_PER_SECOND = 1_000_000
 # Upper bounds of the histogram buckets; an implicit +Inf bucket follows.
@@ -80,7 +78,6 @@ class OpsStats:
         self.clock_ns = clock_ns
         self.batches = 0
         self.requests = collections.Counter()          # (op, code) -> requests
-        self.payments = collections.Counter()          # code -> payments
         self.batch_requests = Histogram(BATCH_SIZE_BOUNDS)
         self.batch_events = Histogram(BATCH_SIZE_BOUNDS)
         self.batch_us = Histogram(DURATION_US_BOUNDS)
@@ -96,30 +93,20 @@ class OpsStats:
 
     def observe_batch(self, batch: list, outcomes: list, batch_ns: int, wait_ns: int | None = None) -> None:
         """One batch answered: its size, its engine time, how long its oldest request was in the
-        switch (arrival to answer written: the batch's worst latency), and every answer's code.
-        `batch` is the server's [(connection, request), ...]; payments are counted per item
-        (a pay_batch answer carries one code per payment).  Runs on the event loop after the
-        answers are written, so it is kept to C-level counting (Counter.update, itemgetter)."""
+        switch (arrival to answer written: the batch's worst latency), and each request's code.
+        `batch` is the server's [(connection, request), ...].  Payments are counted per payment
+        by the pipeline that decides them (its stats "codes"), not here: its fast path answers
+        with frames it encoded itself.  Runs on the event loop after the answers are written."""
         self.batches += 1
         self.batch_requests.observe(len(batch))
         self.batch_us.observe(batch_ns // 1000)
         if wait_ns is not None:
             self.wait_us.observe(wait_ns // 1000)
         events = 0
-        request_keys = []
-        payments = self.payments
-        for (_, request), (code, result) in zip(batch, outcomes):
+        for _, request in batch:
             events += request.events
-            op = request.op
-            request_keys.append((op, code))
-            if op == "pay":
-                payments[code] += 1
-            elif op == "pay_batch":
-                if code == 0 and result.__class__ is list:
-                    payments.update(map(_first, result))
-                else:
-                    payments[code] += len(request.args or ())
-        self.requests.update(request_keys)
+        # outcome[0] is the request-level code of an Outcome and of a pipeline-encoded answer alike.
+        self.requests.update([(request.op, outcome[0]) for (_, request), outcome in zip(batch, outcomes)])
         self.batch_events.observe(events)
 
     def timed_commit(self, commit: Callable[[], Any]) -> Callable[[], Any]:
@@ -140,8 +127,7 @@ class OpsStats:
             "connections": self.connections(),
             "connections_max": self.connections_max,
             "queue_events": self.queue_events(),
-            # Arrays of pairs, not maps: the protocol's maps have str keys and at most 32 entries.
-            "payments": [[int(code), count] for code, count in sorted(self.payments.items())],
+            # Arrays, not maps: the protocol's maps have str keys and at most 32 entries.
             "requests": [[op, int(code), count] for (op, code), count in sorted(self.requests.items())],
             "batch_requests": self.batch_requests.snapshot(),
             "batch_events": self.batch_events.snapshot(),
@@ -178,10 +164,6 @@ class SwitchCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
         stats = self.stats
-        payments = CounterMetricFamily("switch_payments", "Payments answered, by result code.", labels=["code"])
-        for code, count in sorted(dict(stats.payments).items()):
-            payments.add_metric([name_of(code)], count)
-        yield payments
         requests = CounterMetricFamily("switch_requests", "Requests answered, by operation and code.",
                                        labels=["op", "code"])
         for (op, code), count in sorted(dict(stats.requests).items()):
@@ -211,6 +193,10 @@ class SwitchCollector:
         except Exception:       # a scrape must never take the switch down; the next one retries
             log.exception("engine statistics unavailable for this scrape")
             return
+        payments = CounterMetricFamily("switch_payments", "Payments decided, by result code.", labels=["code"])
+        for code, count in engine.get("payments") or ():
+            payments.add_metric([name_of(code)], count)
+        yield payments
         build = engine.get("build", {})
         yield InfoMetricFamily("switch_build", "Core implementation, build mode, durability, rule set.", value={
             "implementation": str(build.get("implementation", "")), "mode": str(build.get("mode", "")),

@@ -66,8 +66,12 @@ class OperatorOps:
         """Everything the stats operation answers (docs/PROTOCOL.md 4.8); also read by a scrape."""
         ops = self.ops.snapshot() if self.ops is not None else {}
         pipeline = getattr(self, "pipeline", None)
+        pipeline_stats = dict(pipeline.stats()) if pipeline is not None and hasattr(pipeline, "stats") else {}
+        codes = pipeline_stats.pop("codes", None) or {}
         return {
             **ops,
+            # Arrays of pairs, not maps: the protocol's maps have str keys and at most 32 entries.
+            "payments": [[int(code), count] for code, count in sorted(codes.items())],
             "build": dict(self.core.build_info()),
             "durability": getattr(self.storage, "durability", ""),
             "batch_sequence": getattr(self.storage, "sequence", 0),
@@ -75,7 +79,7 @@ class OperatorOps:
             "ruleset_hash": self.rules.ruleset.hash if self.rules is not None else None,
             "rules": self.rule_counters(),
             "reviews_pending": len(self.reviews) if self.reviews is not None else 0,
-            "pipeline": _pairs(pipeline.stats()) if pipeline is not None and hasattr(pipeline, "stats") else [],
+            "pipeline": _pairs(pipeline_stats),
         }
 
     def rule_counters(self) -> list[list]:
