@@ -2,10 +2,10 @@
 (docs/PROTOCOL.md 4.8-4.10), and the review queue's bookkeeping.
 
 `OperatorOps` is mixed into switch.engine.Engine so that these rare operations
-live apart from the pay flow.  They run inside a batch, in request order, like
-every other operation: a `reload_rules` takes effect for every payment executed
-after it and for none before it, so no payment is ever decided by half of one
-rule set and half of another.  Every one of them needs the operator role.
+live apart from the pay flow.  They run in request order like every other
+operation; the server gives a `reload_rules` a batch of its own, so a rule set
+swap falls between two batches and takes effect for every payment executed after
+it and none before.  Every one of them needs the operator role.
 """
 from __future__ import annotations
 

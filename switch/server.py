@@ -367,14 +367,20 @@ class Server:
                 self._note_commit_rate(sum(request.events for _, request in batch), answered_ns - started_ns)
 
     def _take_batch(self) -> list[tuple[Connection, Request]]:
-        """Everything queued, up to batch_events_max ledger events (always at least one request)."""
+        """Everything queued, up to batch_events_max ledger events (always at least one request).
+        A reload_rules is a batch of its own: a rule set swap falls between two batches, so every
+        payment of a batch is decided by one rule set."""
         events = 0
         count = 0
         for _, request in self._queue:
-            if count and events + request.events > self.limits.batch_events_max:
+            # events == 0 first: payments never pay for the operation name comparison.
+            swap = request.events == 0 and request.op == protocol.OP_RELOAD_RULES
+            if count and (swap or events + request.events > self.limits.batch_events_max):
                 break
             events += request.events
             count += 1
+            if swap:
+                break
         batch, self._queue = self._queue[:count], self._queue[count:]
         self._queued_events -= events
         return batch

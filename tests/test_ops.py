@@ -200,6 +200,24 @@ class TestReloadRules:
         run_on(loop_kind, body)
 
 
+def test_a_reload_rules_is_a_batch_of_its_own():
+    from switch.server import Server
+
+    server = Server(object(), config_module.parse(fixtures.document()))
+    try:
+        def request(op, events):
+            return (None, protocol.Request(1, op, None, None, events))
+        server._queue = [request("pay", 2), request("ping", 0), request(protocol.OP_RELOAD_RULES, 0),
+                         request("pay", 2), request(protocol.OP_RELOAD_RULES, 0), request(protocol.OP_RELOAD_RULES, 0)]
+        batches = []
+        while server._queue:
+            batches.append([item[1].op for item in server._take_batch()])
+        assert batches == [["pay", "ping"], [protocol.OP_RELOAD_RULES], ["pay"], [protocol.OP_RELOAD_RULES],
+                           [protocol.OP_RELOAD_RULES]]
+    finally:
+        server._executor.shutdown()
+
+
 class TestArguments:
     """Decoding: the limits of the new operations, at the limit and one past it."""
 
