@@ -244,6 +244,25 @@ class Payments:
         return sorted(set(self.sent) - self.acknowledged)
 
 
+BUSY_RETRY_SECONDS = 0.05
+BUSY_RETRIES_MAX = 200
+
+
+async def pay_until_not_busy(client, requests: list) -> list:
+    """pay_many, re-sending what the switch shed with BUSY (same ids) after a pause, as a wallet would."""
+    from core_ext.codes import Code
+
+    results = {}
+    for _ in range(BUSY_RETRIES_MAX):
+        for result in await client.pay_many(requests):
+            results[result.transfer_id] = result
+        requests = [r for r in requests if results[r.transfer_id].code == Code.BUSY]
+        if not requests:
+            break
+        await asyncio.sleep(BUSY_RETRY_SECONDS)
+    return list(results.values())
+
+
 def _requests(payments: Payments, ids: list[int], qr_payload: str) -> list:
     from switch.client import PayRequest
 
@@ -265,6 +284,8 @@ async def _worker(client, payments: Payments, qr_payload: str, report: SoakRepor
             elif result.code in (Code.OK, Code.EXISTS):
                 payments.acknowledged.add(transfer_id)
                 report.acknowledged_before_kill += 1
+            elif result.code == Code.BUSY:
+                continue                # shed, nothing applied: re-sent with the retries
             else:
                 report.failures.append(f"payment {transfer_id} answered {Code(result.code).name} under load")
 
@@ -290,8 +311,8 @@ async def _retry(port: int, payments: Payments, qr_payload: str, report: SoakRep
     acknowledged = sorted(payments.acknowledged)
     sample = rng.sample(acknowledged, min(RECHECK_ACKNOWLEDGED_MAX, len(acknowledged)))
     async with AsyncClient("127.0.0.1", port, WALLET_ID, WALLET_SECRET) as client:
-        retried = await client.pay_many(_requests(payments, unacknowledged, qr_payload))
-        rechecked = await client.pay_many(_requests(payments, sample, qr_payload))
+        retried = await pay_until_not_busy(client, _requests(payments, unacknowledged, qr_payload))
+        rechecked = await pay_until_not_busy(client, _requests(payments, sample, qr_payload))
     for result in retried:
         report.retried += 1
         if result.code == Code.EXISTS:
@@ -324,7 +345,7 @@ async def probe_rule_counters(port: int, payments: Payments, qr_payload: str, re
     payments.probes_sent += PAYER_COUNT
     payments.sent.update(probes)
     async with AsyncClient("127.0.0.1", port, WALLET_ID, WALLET_SECRET) as client:
-        results = await client.pay_many(_requests(payments, sorted(probes), qr_payload))
+        results = await pay_until_not_busy(client, _requests(payments, sorted(probes), qr_payload))
         async with AsyncClient("127.0.0.1", port, OPERATOR_ID, OPERATOR_SECRET) as operator:
             await operator.reload_rules(rules_toml(2**32 - 1))
     for result in results:

@@ -36,7 +36,7 @@ async def pay_while(port: int, payments: soak.Payments, qr_payload: str, stop: a
     async with AsyncClient("127.0.0.1", port, soak.WALLET_ID, soak.WALLET_SECRET) as client:
         while not stop.is_set():
             ids = payments.new_chunk()
-            for result in await client.pay_many(soak._requests(payments, ids, qr_payload)):
+            for result in await soak.pay_until_not_busy(client, soak._requests(payments, ids, qr_payload)):
                 assert result.code == Code.OK, result
                 payments.acknowledged.add(result.transfer_id)
             await asyncio.sleep(PAUSE_SECONDS)
@@ -77,7 +77,8 @@ def journaled_ids(data_dir: pathlib.Path) -> set[int]:
 
 async def resend_all(port: int, payments: soak.Payments) -> dict[int, int]:
     async with AsyncClient("127.0.0.1", port, soak.WALLET_ID, soak.WALLET_SECRET) as client:
-        results = await client.pay_many(soak._requests(payments, sorted(payments.sent), soak.static_qr()))
+        results = await soak.pay_until_not_busy(client, soak._requests(payments, sorted(payments.sent),
+                                                                       soak.static_qr()))
     return {result.transfer_id: result.code for result in results}
 
 
