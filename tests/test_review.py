@@ -276,6 +276,7 @@ def test_switch_review_list_approve_reject_and_rules_stats_from_the_command_line
         assert listed.exit_code == 0, listed.output
         assert "2 held for review" in listed.output and f"{41:032x}" in listed.output
         assert "hold-large,watch-medium" in listed.output and "60,000" in listed.output
+        assert " 24h " in listed.output      # the test config's review timeout, 86,400 s
         approved = runner.invoke(cli_main, ["review", "approve", *operator, f"{41:032x}"])
         assert approved.exit_code == 0 and "OK" in approved.output
         again = runner.invoke(cli_main, ["review", "approve", *operator, f"{41:032x}"])

@@ -53,7 +53,7 @@ def list_command(host, port, participant_id, secret, limit, after_cursor, as_jso
     click.echo(f"{page['total']} held for review")
     if page["items"]:
         click.echo(f"{'transfer id':<32}  {'payer':>10} {'merchant':>10} {'amount_minor':>14} {'ledger':>6} "
-                   f"{'age':>9} {'expires in':>10}  rules")
+                   f"{'age':>6} {'timeout':>7} {'expires in':>10}  rules")
     for item in page["items"]:
         click.echo(format_item(item, page["now_ns"]))
     if page["next"] is not None:
@@ -62,9 +62,10 @@ def list_command(host, port, participant_id, secret, limit, after_cursor, as_jso
 
 def format_item(item: dict, now_ns: int) -> str:
     expires = _duration(item["expires_ns"] - now_ns) if item["expires_ns"] else "never"
+    timeout = _duration(item["timeout_seconds"] * NS_PER_SECOND) if item["timeout_seconds"] else "none"
     return (f"{item['transfer_id'].hex():<32}  {item['payer_account_id']:>10} {item['merchant_account_id']:>10} "
-            f"{item['amount_minor']:>14,} {item['ledger']:>6} {_duration(item['age_ns']):>9} {expires:>10}  "
-            f"{','.join(item['rules']) or '-'}")
+            f"{item['amount_minor']:>14,} {item['ledger']:>6} {_duration(item['age_ns']):>6} {timeout:>7} "
+            f"{expires:>10}  {','.join(item['rules']) or '-'}")
 
 
 def _duration(nanoseconds: int) -> str:
