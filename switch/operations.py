@@ -107,9 +107,11 @@ class OperatorOps:
             ruleset = _parse_ruleset(toml_text)
             self.rules.reload(ruleset)
         except RuleSetError as error:
-            log.warning("rule set refused: %s", error)
+            log.warning("rule set refused: %s", error, extra={"fields": {"event": "rules_refused"}})
             return Code.RULES_INVALID, str(error)[:1000]
-        log.info("rule set %r loaded, hash %s", ruleset.name, ruleset.hash)
+        log.info("rule set %r loaded, hash %s", ruleset.name, ruleset.hash, extra={"fields": {
+            "event": "rules_loaded", "ruleset_name": ruleset.name, "ruleset_hash": ruleset.hash,
+            "rule_count": len(ruleset.rules)}})
         return Code.OK, {"name": ruleset.name, "hash": ruleset.hash}
 
     def reload_rules_file(self) -> tuple[int, Any]:

@@ -79,6 +79,8 @@ def test_serve_with_json_logs_metrics_and_sighup_rule_reloads(tmp_path):
 
         (tmp_path / "rules.toml").write_text(OTHER_RULES_TEXT)
         process.send_signal(signal.SIGHUP)
+        fields = log.wait_for("rule set 'ops-test-2' loaded")
+        assert fields["event"] == "rules_loaded" and fields["rule_count"] == 2
         loaded = log.wait_for("SIGHUP: rule set")
         assert loaded["level"] == "info" and load_ruleset(OTHER_RULES_TEXT).hash in loaded["message"]
         (tmp_path / "rules.toml").write_text("[[rules]]\nkind = 'nonsense'\n")
