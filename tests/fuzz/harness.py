@@ -78,6 +78,7 @@ def run_target(target: str, seconds: int, workdir: pathlib.Path, python: str = s
     for seed in seed_files(target):
         shutil.copyfile(seed, corpus / seed.name)
     artifact_prefix = f"{workdir}/{target}-"
+    earlier = set(workdir.glob(f"{target}-*"))   # reproducers of earlier runs in a reused workdir
     completed = subprocess.run(
         [python, str(FUZZ_DIR / f"fuzz_{target}.py"), f"-max_total_time={seconds}", "-print_final_stats=1",
          f"-timeout={INPUT_TIMEOUT_SECONDS}", f"-artifact_prefix={artifact_prefix}", str(corpus)],
@@ -85,7 +86,7 @@ def run_target(target: str, seconds: int, workdir: pathlib.Path, python: str = s
     )
     output = completed.stdout + completed.stderr
     executions = re.search(r"stat::number_of_executed_units:\s*(\d+)", output)
-    artifacts = sorted(str(path) for path in workdir.glob(f"{target}-*"))
+    artifacts = sorted(str(path) for path in set(workdir.glob(f"{target}-*")) - earlier)
     return RunResult(target, int(executions.group(1)) if executions else 0, seconds, completed.returncode,
                      output, artifacts)
 
