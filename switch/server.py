@@ -14,6 +14,7 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import os
 import ssl as ssl_module
 import sys
 import time
@@ -257,7 +258,10 @@ class Server:
         self.engine = engine
         self.config = config
         # The pipeline's header check: pay / pay_batch bodies go to it undecoded (its C reader decodes them).
+        # SWITCH_FAST_PATH=0 decodes them here instead (the slow path, kept for before/after measurements).
         self._peek = getattr(getattr(engine, "pipeline", None), "peek", None)
+        if os.environ.get("SWITCH_FAST_PATH", "1") == "0":
+            self._peek = None
         self.limits = server_limits or ServerLimits()
         self.ssl_context = ssl_context
         self.connections: set[Connection] = set()
