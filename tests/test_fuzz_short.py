@@ -29,7 +29,7 @@ if FUZZ_DIR not in sys.path:
 import harness  # noqa: E402
 
 # Seconds of fuzzing per target; the targets run side by side, so the whole is a few seconds more.
-SHORT_SECONDS = int(os.environ.get("FUZZ_SHORT_SECONDS", "3"))
+SHORT_SECONDS = int(os.environ.get("FUZZ_SHORT_SECONDS", "2"))
 
 # (target, reproducer file) -> (what is wrong, the target's tolerance flag that
 # lets long runs look past it, or None).  Each is listed in the fuzzing report.

@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 FUZZ_DIR = pathlib.Path(__file__).resolve().parent
 CORPUS_ROOT = FUZZ_DIR / "corpus"
 # Every target: tests/fuzz/fuzz_<name>.py with its corpus in tests/fuzz/corpus/<name>/.
-TARGETS = ("qr", "qr_fields", "upi", "frames", "msgpack", "rules_config")
+TARGETS = ("qr", "qr_fields", "upi", "frames", "msgpack", "pipeline", "rules_config")
 # One input taking longer than this is a finding (a hang), not a slow machine.
 INPUT_TIMEOUT_SECONDS = 10
 if str(ROOT) not in sys.path:

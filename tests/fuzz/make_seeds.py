@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import sys
 
 import msgpack
 
@@ -95,6 +96,20 @@ def streams() -> list[bytes]:
             bytes([1, 200]) + protocol.pack_frame([2, "ping", None]) + b"\x00\x40\x00\x00"]
 
 
+def pipeline_bodies() -> list[bytes]:
+    """pay / pay_batch bodies on the demo fixtures: answered, refused item by item, and malformed."""
+    sys.path.insert(0, str(harness.ROOT / "tests"))
+    import test_server_helpers as fixtures
+    from test_pipeline import MALFORMED, body, pay_args
+    answered = [
+        body(7, "pay", pay_args(1, 10_000, device="phone", reference="r")),
+        body(9, "pay_batch", [pay_args(1, 10), pay_args(2, 5, payload=fixtures.unregistered_qr()),
+                              pay_args(3, 300, payload=fixtures.dynamic_qr(300, "D1")), pay_args(4, 0),
+                              pay_args(3, 300, payload=fixtures.dynamic_qr(300, "D1"))]),
+    ]
+    return answered + list(MALFORMED)
+
+
 def documents() -> list[bytes]:
     """Rule sets, and two rules journal blobs (inputs starting with the journal version byte)."""
     demo = (harness.ROOT / "switch" / "demo" / "rules.toml").read_bytes()
@@ -140,6 +155,7 @@ def main() -> None:
         "frames": write("frames", streams()),
         "msgpack": write("msgpack", bodies()),
         "rules_config": write("rules_config", documents()),
+        "pipeline": write("pipeline", pipeline_bodies()),
     }
     for target, count in counts.items():
         print(f"{target}: {count} seeds")
