@@ -291,6 +291,8 @@ def test_switch_review_list_approve_reject_and_rules_stats_from_the_command_line
         assert "time in the switch, per batch" in stats.output and "commit time" in stats.output
         live = runner.invoke(cli_main, ["rules", "stats", *operator])
         assert live.exit_code == 0 and "ops-test" in live.output
+        assert runner.invoke(cli_main, ["rules", "stats"]).exit_code == 2              # neither --rules nor --port
+        assert runner.invoke(cli_main, ["rules", "stats", "--port", str(port)], env={}).exit_code == 2
         assert "hold-large" in live.output
         wallet_try = runner.invoke(cli_main, ["review", "list", "--port", str(port), "--participant",
                                               str(fixtures.WALLET_ID), "--secret", fixtures.WALLET_SECRET])
