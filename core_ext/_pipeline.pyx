@@ -533,6 +533,25 @@ cdef inline uint32_t payment_answer(const uint16_t* codes, Py_ssize_t count) noe
     return CODE_LINKED_EVENT_FAILED if linked_failed else CODE_OK
 
 
+# Scheme numbers of a verdict (core_ext/_qr.pxd) -> names, in one list: the profile schemes,
+# then the primitive ones (02-25), then Bharat QR's.
+cdef enum:
+    PRIMITIVE_NAMES_AT = 32
+    BHARAT_NAMES_AT = PRIMITIVE_NAMES_AT + 32
+
+
+def scheme_name_table() -> list:
+    assert len(_qr_module.SCHEME_NAMES) <= PRIMITIVE_NAMES_AT
+    names = [None] * (BHARAT_NAMES_AT + 16)
+    for index, name in enumerate(_qr_module.SCHEME_NAMES):
+        names[index] = name.encode()
+    for tag, name in _qr_tables.PRIMITIVE_SCHEMES.items():
+        names[PRIMITIVE_NAMES_AT + tag] = name.encode()
+    for tag, name in _qr_tables.BHARAT_PRIMITIVE_SCHEMES.items():
+        names[BHARAT_NAMES_AT + tag] = name.encode()
+    return names
+
+
 # ---- the pipeline ---------------------------------------------------------------------------
 
 @cython.final
@@ -560,7 +579,7 @@ cdef class Pipeline:
         self.rate_burst = settings.rate_burst_items
         self._load_participants(settings.participants)
         self._load_ledgers(settings.ledgers)
-        self._scheme_names = [name.encode() for name in _qr_module.SCHEME_NAMES]
+        self._scheme_names = scheme_name_table()
         self.sync_merchants()
 
     def __dealloc__(self):
@@ -765,13 +784,15 @@ cdef class Pipeline:
         return size
 
     cdef object _scheme_name(self, int32_t scheme):
+        """The scheme name (bytes) of a verdict's scheme number, from tables built once; None: unknown."""
+        cdef list names = self._scheme_names
         if scheme >= QR_SCHEME_BHARAT_PRIMITIVE:
-            name = _qr_tables.BHARAT_PRIMITIVE_SCHEMES.get(scheme - QR_SCHEME_BHARAT_PRIMITIVE)
-            return name.encode() if name is not None else None
-        if scheme >= QR_SCHEME_PRIMITIVE:
-            name = _qr_tables.PRIMITIVE_SCHEMES.get(scheme - QR_SCHEME_PRIMITIVE)
-            return name.encode() if name is not None else None
-        return self._scheme_names[scheme] if 0 <= scheme < len(self._scheme_names) else None
+            scheme = scheme - QR_SCHEME_BHARAT_PRIMITIVE + BHARAT_NAMES_AT
+        elif scheme >= QR_SCHEME_PRIMITIVE:
+            scheme = scheme - QR_SCHEME_PRIMITIVE + PRIMITIVE_NAMES_AT
+        elif scheme >= PRIMITIVE_NAMES_AT:
+            return None
+        return names[scheme] if 0 <= scheme < len(names) else None
 
     # ---- participants and rate ----------------------------------------------------------
 
