@@ -367,7 +367,10 @@ class Server:
                 self.batches_committed += 1
                 self._answer(batch, outcomes)
                 answered_ns = time.perf_counter_ns()
-                self.ops.observe_batch(batch, outcomes, answered_ns - started_ns, answered_ns - oldest_queued_ns)
+                try:
+                    self.ops.observe_batch(batch, outcomes, answered_ns - started_ns, answered_ns - oldest_queued_ns)
+                except Exception:       # counting must never stop the batcher
+                    log.exception("a batch of %d could not be counted in the statistics", len(batch))
                 self._note_commit_rate(sum(request.events for _, request in batch), answered_ns - started_ns)
 
     def _take_batch(self) -> list[tuple[Connection, Request]]:

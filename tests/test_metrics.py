@@ -121,6 +121,25 @@ def test_a_running_switch_serves_its_metrics_over_http(loop_kind, tmp_path):
         engine.close()
 
 
+def test_a_failure_to_count_a_batch_never_stops_the_switch(loop_kind, tmp_path):
+    config = config_module.parse(fixtures.document())
+    engine = open_engine(config, str(tmp_path), durability="os")
+
+    def broken(*args):
+        raise RuntimeError("a bug in the statistics")
+
+    async def body():
+        async with fixtures.running(engine, config) as (server, port):
+            server.ops.observe_batch = broken
+            async with AsyncClient("127.0.0.1", port, fixtures.WALLET_ID, fixtures.WALLET_SECRET) as wallet:
+                for transfer_id in (1, 2, 3):
+                    assert (await wallet.pay(transfer_id, fixtures.PAYER, fixtures.static_qr(), 100)).ok
+    try:
+        run_on(loop_kind, body)
+    finally:
+        engine.close()
+
+
 class TestLogs:
     def test_a_json_line_carries_time_level_logger_message_fields_and_traceback(self):
         stream = io.StringIO()
