@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from core_ext import limits
 from core_ext.codes import Code
 from core_ext.rules_types import RuleSetError, load_ruleset
 from core_ext.types import TransferFlags
@@ -100,7 +101,8 @@ class OperatorOps:
 
     def reload_rules_text(self, toml_text: str) -> tuple[int, Any]:
         """Validate, then swap: (OK, {"name", "hash"}) or (RULES_INVALID, "why") with the running
-        set unchanged.  Called between payments (inside a batch, in order) or between batches."""
+        set unchanged.  Runs in the commit thread between batches (the server gives a
+        reload_rules a batch of its own; SIGHUP runs between two batches)."""
         if self.rules is None:
             return Code.RULES_NOT_CONFIGURED, None
         try:
@@ -108,7 +110,7 @@ class OperatorOps:
             self.rules.reload(ruleset)
         except RuleSetError as error:
             log.warning("rule set refused: %s", error, extra={"fields": {"event": "rules_refused"}})
-            return Code.RULES_INVALID, str(error)[:1000]
+            return Code.RULES_INVALID, _reason(error)
         log.info("rule set %r loaded, hash %s", ruleset.name, ruleset.hash, extra={"fields": {
             "event": "rules_loaded", "ruleset_name": ruleset.name, "ruleset_hash": ruleset.hash,
             "rule_count": len(ruleset.rules)}})
@@ -123,7 +125,7 @@ class OperatorOps:
                 text = file.read()
         except (OSError, UnicodeDecodeError) as error:
             log.warning("rules file %s unreadable: %s", self.rules_path, error)
-            return Code.RULES_INVALID, str(error)
+            return Code.RULES_INVALID, _reason(error)
         return self.reload_rules_text(text)
 
     # ---- list_pending ----------------------------------------------------------------
@@ -175,6 +177,12 @@ class OperatorOps:
         if self.reviews is None or not len(self.reviews):
             return
         self.note_resolutions([t.pending_id if t.flags & _RESOLVING_FLAGS else 0 for t in transfers], codes)
+
+
+def _reason(error: Exception) -> str:
+    """The error's text within one protocol string (string_bytes_max bytes of UTF-8, cut between
+    characters): a longer one would fail the client's own unpacking limits."""
+    return str(error).encode()[:limits.STRING_BYTES_MAX].decode(errors="ignore")
 
 
 def _outcome(code: int, result: Any):

@@ -164,6 +164,19 @@ class TestReloadRules:
                     assert (await paid).code == Code.OK        # a payment beside it is unharmed
         run_on(loop_kind, body)
 
+    def test_a_refusal_reason_longer_than_one_string_is_cut_to_fit_the_protocol(self, loop_kind, config, tmp_path):
+        long_key = "ก" * 600                    # 1,800 bytes of UTF-8, named in the validator's message
+
+        async def body():
+            async with switch_running(config, tmp_path) as (_, port), operator(port) as ops:
+                with pytest.raises(SwitchError) as refused:
+                    await ops.reload_rules(f'"{long_key}" = 1\n')
+                assert refused.value.code == Code.RULES_INVALID
+                reason = str(refused.value)
+                assert "ก" in reason and len(reason.encode()) <= limits.STRING_BYTES_MAX + 100
+                await ops.ping()                     # the connection is fine
+        run_on(loop_kind, body)
+
     def test_a_switch_without_rules_answers_rules_not_configured(self, loop_kind, config, tmp_path):
         async def body():
             async with switch_running(config, tmp_path, rules_text=None) as (_, port), operator(port) as ops:
