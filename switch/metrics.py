@@ -34,10 +34,14 @@ import time
 from typing import Any, Callable, Iterable
 
 from core_ext.codes import name_of
+from switch import protocol
 
 log = logging.getLogger("switch.metrics")
 
 NS_PER_SECOND = 1_000_000_000
+# Operation names counted as themselves: the protocol's, the fast path's ("raw_pay"), "auth" (a second
+# handshake) and "" (a frame whose request could not be read).
+_KNOWN_OPS = frozenset((*protocol.OPERATIONS, "raw_pay", "auth", ""))
 US_PER_SECOND = 1_000_000
 # Upper bounds of the histogram buckets; an implicit +Inf bucket follows.
 # Microseconds: a batch commits in tens of us (os durability) to milliseconds (fsync).
@@ -106,7 +110,11 @@ class OpsStats:
         for _, request in batch:
             events += request.events
         # outcome[0] is the request-level code of an Outcome and of a pipeline-encoded answer alike.
-        self.requests.update([(request.op, outcome[0]) for (_, request), outcome in zip(batch, outcomes)])
+        # An operation name the protocol does not define is the client's own text: counted as
+        # "other", so a client cannot grow this table (or a scrape's label set) without bound.
+        known = _KNOWN_OPS
+        self.requests.update([(request.op if request.op in known else "other", outcome[0])
+                              for (_, request), outcome in zip(batch, outcomes)])
         self.batch_events.observe(events)
 
     def timed_commit(self, commit: Callable[[], Any]) -> Callable[[], Any]:

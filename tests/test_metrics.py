@@ -51,6 +51,12 @@ class TestOpsStats:
         assert snapshot["batch_events"]["sum"] == 8 and snapshot["batch_requests"]["sum"] == 4
         assert snapshot["batch_us"]["sum"] == 1500 and snapshot["batches"] == 1
 
+    def test_operation_names_a_client_made_up_are_counted_as_other(self):
+        stats = metrics.OpsStats()
+        batch = [(None, FakeRequest(f"no-such-op-{n}", events=0)) for n in range(100)]
+        stats.observe_batch(batch, [(Code.UNKNOWN_OPERATION, None)] * 100, batch_ns=1000)
+        assert stats.snapshot()["requests"] == [["other", Code.UNKNOWN_OPERATION, 100]]
+
     def test_a_commit_is_timed_even_when_it_fails(self):
         stats = metrics.OpsStats()
 
