@@ -5,7 +5,7 @@
 Seeds are the starting points the mutations grow from: the real payloads of
 /work/shared/qr/vectors.jsonl when that file is present, payloads made by
 switch.qrmake for every profile, one frame of every operation, and the demo
-rule set plus one rule of every kind.  Reproducers (crash-*) are never touched.
+rule set plus one rule of every kind.  Reproducers (crash-*) and regression seeds (seed-regress-*) are never touched.
 Each seed is named after the sha1 of its bytes, so re-running is idempotent.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import re
 import sys
 
 import msgpack
@@ -23,6 +24,7 @@ from switch import protocol
 from switch.qrmake import QrSpec, make_payload
 
 VECTORS = pathlib.Path("/work/shared/qr/vectors.jsonl")
+GENERATED_SEED = re.compile(r"seed-[0-9a-f]{16}")
 
 
 def vector_payloads(scheme: str) -> list[bytes]:
@@ -141,7 +143,8 @@ def write(target: str, inputs: list[bytes]) -> int:
     directory = harness.corpus_dir(target)
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("seed-*"):
-        old.unlink()
+        if GENERATED_SEED.fullmatch(old.name):  # a fixed finding's seed-regress-* stays
+            old.unlink()
     for data in inputs:
         (directory / f"seed-{hashlib.sha1(data).hexdigest()[:16]}").write_bytes(data)
     return len(set(inputs))
