@@ -417,7 +417,7 @@ def _compile_param(where: str, param: Param, value: Any) -> Any:
     if kind == "mcc_caps":
         return _mcc_caps(where, value)
     if kind == "field":
-        if value not in BLOCKLIST_FIELDS:
+        if not isinstance(value, str) or value not in BLOCKLIST_FIELDS:
             raise RuleSetError(f"{where}: {value!r} is not one of {sorted(BLOCKLIST_FIELDS)}")
         return BLOCKLIST_FIELDS[value]
     raise AssertionError(f"catalogue names an unknown parameter type {kind}")
@@ -437,7 +437,8 @@ _ACTIONS = {"flag": RuleAction.FLAG, "review": RuleAction.REVIEW, "decline": Rul
 
 
 def _choice(where: str, value: Any, choices: dict) -> int:
-    if value not in choices:
+    # A TOML array or table is unhashable: check the type before the lookup (fuzz finding F3).
+    if not isinstance(value, str) or value not in choices:
         raise RuleSetError(f"{where}: {value!r} is not one of {sorted(choices)}")
     return int(choices[value])
 
@@ -448,7 +449,7 @@ def _compile_rule(index: int, table: Any) -> CompiledRule:
     rule_id = _name(f"rules[{index}].id", table.get("id"))
     where = f"rule {rule_id!r}"
     kind_name = table.get("kind")
-    if kind_name not in KINDS:
+    if not isinstance(kind_name, str) or kind_name not in KINDS:
         raise RuleSetError(f"{where}: field 'kind': {kind_name!r} is not one of {sorted(KINDS)}")
     kind, spec = KINDS[kind_name]
     unknown = set(table) - _COMMON_FIELDS - set(spec.params)
@@ -493,6 +494,8 @@ def load_ruleset(toml_text: str) -> RuleSet:
     if unknown:
         raise RuleSetError(f"unknown top-level table(s) {sorted(unknown)}; expected [ruleset] and [[rules]]")
     header = document.get("ruleset", {})
+    if not isinstance(header, dict):
+        raise RuleSetError("ruleset: must be a table ([ruleset])")
     name = _name("ruleset.name", header.get("name", "unnamed"))
     tables = document.get("rules", [])
     if not isinstance(tables, list):
@@ -537,7 +540,14 @@ def journal_records(blob: bytes):
     body = memoryview(blob)[1:]
     if len(body) % JOURNAL_RECORD.size:
         raise ValueError(f"rules journal: {len(body)} bytes is not a whole number of records")
-    return JOURNAL_RECORD.iter_unpack(body)
+    records = list(JOURNAL_RECORD.iter_unpack(body))
+    # Only a corrupt journal holds a time outside the clock's range, and the compiled
+    # engine's bucket arithmetic assumes a non-negative time (fuzz finding F2): refuse the
+    # whole blob before any record is applied, so a refusal leaves the state untouched.
+    for record in records:
+        if not 0 <= record[0] <= limits.CLOCK_NS_MAX:
+            raise ValueError(f"rules journal: record time {record[0]} is outside 0..{limits.CLOCK_NS_MAX}")
+    return records
 
 
 class TableStats(NamedTuple):

@@ -34,25 +34,6 @@ SHORT_SECONDS = int(os.environ.get("FUZZ_SHORT_SECONDS", "2"))
 # (target, reproducer file) -> (what is wrong, the target's tolerance flag that
 # lets long runs look past it, or None).  Each is listed in the fuzzing report.
 KNOWN_FINDINGS = {
-    ("rules_config", "crash-negative-journal-time"): (
-        "F2 core_ext/_rules.pyx vs core_ext/reference/rules.py: apply_journal of a record with now_ns < 0 "
-        "(only a corrupt journal has one) succeeds in both engines but leaves different state hashes "
-        "(cdivision: C // and % truncate, so a slot index goes negative, out of bounds with boundscheck off); "
-        "expected both to refuse it with ValueError, e.g. in rules_types.journal_records",
-        "TOLERATE_NEGATIVE_JOURNAL_TIME"),
-    ("rules_config", "crash-negative-journal-time-heap"): (
-        "F2, memory: this one-record journal (now_ns -2766507116355509644, device 11) makes the compiled "
-        "RuleEngine.apply_journal write out of bounds; the process aborts ('munmap_chunk(): invalid pointer')",
-        "TOLERATE_NEGATIVE_JOURNAL_TIME"),
-    ("rules_config", "crash-unhashable-kind"): (
-        "F3 core_ext/rules_types.py: load_ruleset('[[rules]]\\nid = \"r\"\\nkind = [1]\\n') raises TypeError "
-        "(unhashable type: 'list'; also for field, mode, action), not RuleSetError: `switch rules check` "
-        "prints a traceback and reload_rules / SIGHUP catch only RuleSetError",
-        "TOLERATE_LOADER_TYPE_ERRORS"),
-    ("rules_config", "crash-ruleset-not-a-table"): (
-        "F3 core_ext/rules_types.py: load_ruleset('ruleset = 5\\n') raises AttributeError "
-        "('int' object has no attribute 'get'), not RuleSetError",
-        "TOLERATE_LOADER_TYPE_ERRORS"),
     ("pipeline", "crash-peek-truncated-op"): (
         "F4 core_ext/reference/pipeline.py: Pipeline.peek(b'\\x93\\x01\\xacpay') is (2, 1) in the twin but "
         "(-1, 0) compiled: the op str declares 12 bytes, 3 follow, and the twin's slice stops short and reads 'pay'",

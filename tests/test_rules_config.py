@@ -136,3 +136,28 @@ def test_the_hash_identifies_the_content_not_the_layout():
 def test_sketch_thresholds_are_exact_for_small_counts():
     assert [sketch_bits_max(count) for count in (1, 2, 3)] == [1, 2, 3]
     assert sketch_bits_max(limits.RULES_DISTINCT_MAX) < limits.RULES_DISTINCT_MAX
+
+
+@pytest.mark.parametrize("text", [
+    "ruleset = 5\n",
+    '[[rules]]\nid = "r"\nkind = [1]\n',
+    '[[rules]]\nid = "r"\nkind = "merchant_category_deny"\nmode = ["enforce"]\n',
+    '[[rules]]\nid = "r"\nkind = "merchant_category_deny"\nmode = "enforce"\naction = { a = 1 }\n',
+])
+def test_a_config_of_the_wrong_shape_is_a_rule_set_error_not_a_crash(text):
+    # Fuzz finding F3: these raised TypeError/AttributeError, which reload_rules and SIGHUP do not catch.
+    with pytest.raises(RuleSetError):
+        load_ruleset(text)
+
+
+@pytest.mark.parametrize("now_ns", [-1, -2766507116355509644])
+def test_a_journal_record_with_a_time_before_the_epoch_is_refused_whole(impl, now_ns):
+    # Fuzz finding F2: only a corrupt journal holds one; the compiled engine wrote out of bounds on it.
+    from core_ext.rules_types import JOURNAL_RECORD, JOURNAL_VERSION
+    engine = impl.RuleEngine(load_ruleset('[ruleset]\nname = "journal"\n'))
+    before = engine.state_hash()
+    good = JOURNAL_RECORD.pack(1_800_000_000 * 10**9, 1, 2, 11, 0, 0, 500, 0)
+    bad = JOURNAL_RECORD.pack(now_ns, 1, 2, 11, 0, 0, 500, 0)
+    with pytest.raises(ValueError):
+        engine.apply_journal(bytes([JOURNAL_VERSION]) + good + bad)
+    assert engine.state_hash() == before

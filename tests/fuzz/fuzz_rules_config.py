@@ -40,19 +40,13 @@ PAYMENTS_PER_INPUT = 12
 T0_NS = 1_800_000_000 * NS_PER_SECOND
 U64_MAX = 2**64 - 1
 JOURNAL_RULES = load_ruleset('[ruleset]\nname = "journal"\n')
-# Finding F2 (open; reproducers corpus/rules_config/crash-negative-journal-time*,
-# xfails in tests/test_fuzz_short.py): a journal record with a negative time (only
-# a corrupt journal has one: observe refuses now_ns < 0) is applied by both
-# engines, to different states, and the compiled one writes out of bounds and
-# corrupts its heap.  While this is True such blobs are not applied at all, so
-# that long runs look past it; when journal records are refused with ValueError
-# the xfails fail and this goes.
-TOLERATE_NEGATIVE_JOURNAL_TIME = True
-# Finding F3 (open; reproducers corpus/rules_config/crash-unhashable-kind and
-# crash-ruleset-not-a-table): an array or table where the loader expects a string
-# (kind, field, mode, action) raises TypeError, and a [ruleset] that is not a
-# table raises AttributeError, instead of RuleSetError.  Tolerated while True.
-TOLERATE_LOADER_TYPE_ERRORS = True
+# Findings F2 (a journal record with a negative time was applied by both engines to
+# different states, and out of bounds in the compiled one) and F3 (a TOML array or
+# table where the loader expects a string raised TypeError/AttributeError, not
+# RuleSetError) are fixed in core_ext/rules_types.py; their reproducers are seeds
+# now (corpus/rules_config/seed-regress-*), so every short run replays them.
+TOLERATE_NEGATIVE_JOURNAL_TIME = False
+TOLERATE_LOADER_TYPE_ERRORS = False
 
 
 def check_ruleset(text: str) -> RuleSet | None:
