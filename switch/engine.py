@@ -101,11 +101,12 @@ class Engine(OperatorOps):
     def open(cls, config: Config, data_dir: str, durability: str = "fsync", core: Any = None,
              rules: Any = None, extra_components: tuple = ()) -> "Engine":
         """The real engine: a core ledger, merchant directory, the rules of config.rules_path
-        (unless `rules` is given) and the audit log, all replayed from storage."""
+        (unless `rules` is given), the audit log and the review queue, all replayed from storage."""
         import pathlib
 
         import core_ext
         from switch.merchants import MerchantDirectory
+        from switch.review_queue import ReviewQueue
         from switch.storage import Storage
 
         core = core if core is not None else core_ext.core
@@ -115,9 +116,12 @@ class Engine(OperatorOps):
         if rules is None and config.rules_path is not None:
             rules = core.RuleEngine(load_rules_file(config.rules_path))
         audit = AuditLog()
-        components = [ledger, merchants, *([rules] if rules is not None else []), audit, *extra_components]
+        reviews = ReviewQueue()           # payments held for review, for list_pending
+        components = [ledger, merchants, *([rules] if rules is not None else []), audit, reviews,
+                      *extra_components]
         storage = Storage.open(data_dir, components, durability=durability)
         engine = cls(config, core, ledger, merchants, storage, rules=rules, audit=audit)
+        engine.attach_operations(reviews=reviews, rules_path=config.rules_path)
         engine.bootstrap()
         return engine
 

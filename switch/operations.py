@@ -204,14 +204,11 @@ def _pairs(values: Any) -> list:
 
 
 def open_engine(config: Any, data_dir: str, durability: str = "fsync", rules: Any = None) -> Any:
-    """Engine.open with the operator side attached: the journaled review queue and the rules
-    file that SIGHUP re-reads.  `switch serve` and the tests open engines through it."""
+    """Engine.open, which attaches the operator side itself (the journaled review queue and the
+    rules file SIGHUP re-reads); kept as the name `switch serve`, replay and the tests use."""
     from switch.engine import Engine
 
-    reviews = review_module.ReviewQueue()
-    engine = Engine.open(config, data_dir, durability=durability, rules=rules, extra_components=(reviews,))
-    engine.attach_operations(reviews=reviews, rules_path=getattr(config, "rules_path", None))
-    return engine
+    return Engine.open(config, data_dir, durability=durability, rules=rules)
 
 
 def _expired(transfer: Any, now_ns: int) -> bool:
