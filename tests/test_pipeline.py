@@ -153,3 +153,11 @@ def test_the_compiled_reader_takes_well_formed_bodies_and_hands_on_the_rest(comp
     fast_frame(engine, body(3, "pay", [ID(1), 1, "x", 1.5]))
     stats = engine.pipeline.stats()
     assert (stats["fast_decodes"], stats["slow_decodes"]) == (2, 1)
+
+
+def test_a_participant_the_switch_does_not_know_owns_nothing(impl):
+    engine = make_engine(impl)
+    answers = engine.pipeline.pay(999, [protocol.PayItem(1, fixtures.PAYER, fixtures.static_qr(), 10, None, None)],
+                                  NOW_NS)
+    assert answers == [(Code.ACCOUNT_NOT_OWNED, None)]
+    assert not engine.pipeline.take_tokens(999, 1, NOW_NS)

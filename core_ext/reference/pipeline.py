@@ -78,6 +78,8 @@ class Pipeline:
         return index >= 0 and account_id <= participant.range_ends[index]
 
     def take_tokens(self, participant_id: int, count: int, now_ns: int) -> bool:
+        if participant_id not in self._participants:
+            return False
         bucket = self._buckets.get(participant_id)
         if bucket is None:
             bucket = self._buckets[participant_id] = TokenBucket(*self._rate, now_ns)
@@ -182,6 +184,8 @@ class Pipeline:
     def _check_payer(self, participant_id: int, item: Any, now_ns: int) -> int:
         if item.transfer_id == 0 or item.transfer_id == U128_MAX:
             return Code.ID_MUST_NOT_BE_ZERO if item.transfer_id == 0 else Code.ID_MUST_NOT_BE_INT_MAX
+        if participant_id not in self._participants:
+            return Code.ACCOUNT_NOT_OWNED            # no participant of this switch owns anything
         if not self.take_tokens(participant_id, 1, now_ns):
             return Code.RATE_LIMITED
         if not self.owns(participant_id, item.payer_account_id):
