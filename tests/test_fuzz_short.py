@@ -34,10 +34,6 @@ SHORT_SECONDS = int(os.environ.get("FUZZ_SHORT_SECONDS", "2"))
 # (target, reproducer file) -> (what is wrong, the target's tolerance flag that
 # lets long runs look past it, or None).  Each is listed in the fuzzing report.
 KNOWN_FINDINGS = {
-    ("pipeline", "crash-peek-truncated-op"): (
-        "F4 core_ext/reference/pipeline.py: Pipeline.peek(b'\\x93\\x01\\xacpay') is (2, 1) in the twin but "
-        "(-1, 0) compiled: the op str declares 12 bytes, 3 follow, and the twin's slice stops short and reads 'pay'",
-        "TOLERATE_PEEK_TRUNCATED_OP"),
 }
 
 

@@ -110,6 +110,8 @@ class Pipeline:
         if position < 0 or position >= len(body) or not 0xA0 <= body[position] <= 0xBF:
             return (-1, 0)
         length = body[position] - 0xA0
+        if position + 1 + length > len(body):
+            return (-1, 0)                       # the op str runs past the end (fuzz finding F4)
         op = _PAY_OPS.get(bytes(body[position + 1:position + 1 + length]))
         if op is None:
             return (-1, 0)
