@@ -19,15 +19,15 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from core_ext import limits
-from core_ext.codes import Code
+from core_ext.codes import Code, describe
 from core_ext.pipeline_types import (  # noqa: F401 (re-exported: tests and commands import them from here)
     TRANSFER_CODE_MERCHANT_FEE, TRANSFER_CODE_OPENING_BALANCE, TRANSFER_CODE_PAYMENT, AuditLog, LedgerSettings,
     ParticipantSettings, PipelineSettings, TokenBucket, derive_id, fee_id_for,
 )
-from core_ext.rules_types import RuleSet, load_ruleset
+from core_ext.rules_types import RuleSet, RuleSetError, load_ruleset
 from core_ext.types import Account, Transfer, TransferFlags
 from switch import protocol
-from switch.config import Config, Participant
+from switch.config import Config, ConfigError, Participant
 from switch.operations import OperatorOps
 from switch.protocol import HistoryQuery, PendingItem, Request
 
@@ -42,9 +42,13 @@ OP_RAW_PAY = "raw_pay"
 
 
 def load_rules_file(path: str) -> RuleSet:
-    """The rule set of `path`; a RuleSetError (or OSError) stops the switch before it serves."""
-    with open(path, encoding="utf-8") as file:
-        return load_ruleset(file.read())
+    """The rule set of `path`; one that cannot be read or does not load stops the switch before it
+    serves (ConfigError naming the file and, for a bad rule, the rule and field)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return load_ruleset(file.read())
+    except (OSError, UnicodeDecodeError, RuleSetError) as error:
+        raise ConfigError(f"rules {path}: {error}") from error
 
 
 def pipeline_settings(config: Config) -> PipelineSettings:
@@ -146,12 +150,20 @@ class Engine(OperatorOps):
             if missing_transfers:
                 self._expect_ok(self.ledger.create_transfers(missing_transfers, now_ns), "fund opening balances")
                 self.storage.commit()
-        for merchant in self.config.merchants:
-            code = self.merchants.register(**merchant)
-            if code != Code.OK:
-                raise RuntimeError(f"merchant {merchant}: {Code(code).name}")
+        for index, entry in enumerate(self.config.merchants):
+            self._register_merchant(index, entry)
         self.storage.commit()
         self.pipeline.sync_merchants()
+
+    def _register_merchant(self, index: int, entry: dict) -> None:
+        """A [[merchants]] entry the directory refuses stops the switch, naming the entry and why."""
+        try:
+            code = self.merchants.register(**entry)
+        except TypeError as error:          # a key missing or unknown
+            raise ConfigError(f"merchants[{index}]: {error}") from error
+        if code != Code.OK:
+            raise ConfigError(f"merchants[{index}] ({entry.get('scheme')} {entry.get('merchant_id')}): "
+                              f"{Code(code).name}: {describe(code)}")
 
     @staticmethod
     def _account_of(entry) -> Account:

@@ -3,6 +3,7 @@ rules state committed with the postings, and the configuration that feeds them."
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import pytest
 
@@ -219,14 +220,14 @@ def test_rules_state_and_audit_commit_with_the_postings_and_survive_a_restart(im
 def test_an_unreadable_rule_set_stops_the_switch_before_it_serves(impl, tmp_path):
     (tmp_path / "rules.toml").write_text('[[rules]]\nid = "x"\nkind = "no-such-kind"\n')
     config = dataclasses.replace(config_module.parse(fixtures.document()), rules_path=str(tmp_path / "rules.toml"))
-    with pytest.raises(ValueError, match="no-such-kind"):
+    with pytest.raises(config_module.ConfigError, match="rules .*rules.toml.*no-such-kind"):
         Engine.open(config, str(tmp_path / "data"), durability="os", core=impl)
 
 
 def test_a_bad_merchant_entry_stops_the_switch_with_its_code(impl):
     document = fixtures.document()
     document["merchants"][0]["mcc"] = "41X1"
-    with pytest.raises(RuntimeError, match="MERCHANT_FIELD_INVALID"):
+    with pytest.raises(config_module.ConfigError, match=r"merchants\[0\] \(promptpay 0066812345678\): MERCHANT_FIELD_INVALID"):
         make_engine_from(impl, document)
 
 
@@ -314,3 +315,24 @@ def test_audit_log_replays_to_the_same_state():
     replayed = AuditLog()
     replayed.apply_journal(blob)
     assert replayed.state_hash() == log.state_hash() and replayed.records_total == 1
+
+
+def test_a_merchant_entry_with_an_unknown_key_stops_the_switch(impl):
+    document = fixtures.document()
+    document["merchants"][0]["colour"] = "red"
+    with pytest.raises(config_module.ConfigError, match=r"merchants\[0\].*colour"):
+        make_engine_from(impl, document)
+
+
+def test_switch_serve_refuses_a_bad_rule_set_with_a_message_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "switch.toml").write_text('[switch]\nname = "t"\nrules = "rules.toml"\n')
+    (tmp_path / "rules.toml").write_text('[[rules]]\nid = "x"\nkind = "no-such-kind"\n')
+    completed = subprocess.run(
+        [sys.executable, "-m", "switch", "serve", "--config", str(tmp_path / "switch.toml"),
+         "--data", str(tmp_path / "data"), "--port", "0"],
+        capture_output=True, text=True, timeout=60, cwd=pathlib.Path(__file__).resolve().parent.parent)
+    assert completed.returncode != 0
+    assert "no-such-kind" in completed.stderr and "Traceback" not in completed.stderr

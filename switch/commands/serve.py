@@ -58,7 +58,10 @@ def run(config_path: str, data_dir: str, host: str, port: int, durability: str =
     except config_module.ConfigError as error:
         raise click.ClickException(str(error)) from error
     ssl_context = tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert else None
-    engine = open_engine(config, data_dir, durability=durability)
+    try:
+        engine = open_engine(config, data_dir, durability=durability)
+    except config_module.ConfigError as error:      # the rule set or a [[merchants]] entry
+        raise click.ClickException(str(error)) from error
     if input_log_path:
         _start_input_log(engine, input_log_path, config_path)
     loop = new_event_loop(use_uvloop=loop_kind == "uvloop")
