@@ -16,7 +16,7 @@ SOAK_SEED ?= 1
 .PHONY: run test bench debug annotate profile fuzz soak build clean docs
 
 run: build
-	$(PY) -m switch.demo --data $(DATA)
+	PYTHONUNBUFFERED=1 $(PY) -m switch.demo --data $(DATA)
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
