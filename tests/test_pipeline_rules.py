@@ -19,7 +19,7 @@ from switch import config as config_module
 from switch.engine import Engine
 from switch.merchants import MerchantDirectory
 from switch.protocol import PayItem, Request
-from switch.storage import Storage, iterate_journal
+from switch.storage import iterate_journal
 import test_server_helpers as fixtures
 
 NOW_NS = 1_800_000_000 * 10**9

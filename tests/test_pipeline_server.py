@@ -3,9 +3,6 @@ pipeline undecoded, everything else the Python way, and one connection's answers
 back in request order, under their own request ids."""
 from __future__ import annotations
 
-import asyncio
-
-import msgpack
 import pytest
 
 from core_ext.codes import Code
