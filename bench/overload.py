@@ -6,7 +6,9 @@
    sustainable rate: closed loop, pipelined pay_batch frames, for --seconds.
 2. Offer --factor times that rate, open loop, from --connections raw connections
    sending pay_batch frames on a fixed schedule, for --seconds.  Report what was
-   accepted and shed (BUSY), the latency of accepted frames (send to answer),
+   accepted and shed (BUSY), the latency of accepted frames (send to answer:
+   it includes the generator's own send queue once it outruns the server), the
+   switch's own wait histogram (a batch's oldest request, arrival to answer),
    and the server's peak resident memory (VmHWM from /proc).
 """
 from __future__ import annotations
@@ -141,6 +143,30 @@ async def open_loop(port: int, rate_per_second: float, seconds: float, connectio
                                     for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))} if latencies else {}}
 
 
+async def server_wait_us(port: int) -> dict:
+    """The switch's own histogram of request wait (arrival of a batch's oldest request to its answers)."""
+    from switch.client import AsyncClient
+
+    async with AsyncClient("127.0.0.1", port, soak.OPERATOR_ID, soak.OPERATOR_SECRET) as operator:
+        return (await operator.stats())["wait_us"]
+
+
+def wait_quantiles_us(before: dict, after: dict) -> dict:
+    """p50 and p99 of the batches in between, as the upper bound of their histogram bucket."""
+    counts = [b - a for a, b in zip(before["counts"], after["counts"])]
+    total = sum(counts)
+    bounds = list(after["bounds"]) + [float("inf")]
+    quantiles = {}
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        seen = 0
+        for bound, count in zip(bounds, counts):
+            seen += count
+            if total and seen >= q * total:
+                quantiles[f"{name}_at_most_us"] = bound
+                break
+    return {"batches": total, **quantiles}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -158,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sustainable = loop.run_until_complete(closed_loop(server.port, arguments.seconds))
             rss_before = server_peak_rss_bytes(server.process.pid)
+            wait_before = loop.run_until_complete(server_wait_us(server.port))
             result = loop.run_until_complete(open_loop(server.port, sustainable * arguments.factor,
                                                        arguments.seconds, arguments.connections, 10**9))
+            result["server_wait"] = wait_quantiles_us(wait_before, loop.run_until_complete(server_wait_us(server.port)))
             rss_peak = server_peak_rss_bytes(server.process.pid)
         finally:
             server.stop()
