@@ -297,9 +297,16 @@ cdef bint utf8_strict(const unsigned char* data, Py_ssize_t size) noexcept nogil
     cdef Py_ssize_t index = 0
     cdef unsigned char lead, second
     cdef int extra, step
+    cdef uint64_t word
     while index < size:
         lead = data[index]
         if lead < 0x80:
+            # QR payloads are mostly ASCII: step over eight such bytes at a time.
+            if index + 8 <= size:
+                memcpy(&word, data + index, 8)
+                if word & 0x8080808080808080ULL == 0:
+                    index += 8
+                    continue
             index += 1
             continue
         if 0xC2 <= lead <= 0xDF:

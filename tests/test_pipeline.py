@@ -162,3 +162,24 @@ def test_a_participant_the_switch_does_not_know_owns_nothing(impl):
                                   NOW_NS)
     assert answers == [(Code.ACCOUNT_NOT_OWNED, None)]
     assert not engine.pipeline.take_tokens(999, 1, NOW_NS)
+
+
+UTF8_EDGES = [b"abcdefgh\xc3\xa9ijklmnop", b"\xed\xa0\x80abcdefghij", b"abcdefghijklmnop\xf4\x90\x80\x80",
+              b"a" * 7 + b"\xe2\x82\xac" + b"b" * 9, b"abcdefghi\xc0\xaf", b"x" * 16 + b"\xe0\x80\xaf",
+              b"ok" * 20 + b"\xf0\x9f\x98\x80", b"\xff" + b"a" * 20]
+
+
+@pytest.mark.parametrize("device", UTF8_EDGES, ids=range(len(UTF8_EDGES)))
+def test_a_device_id_is_utf8_exactly_as_the_slow_path_decodes_it(impl, device):
+    """The reader's UTF-8 check (eight ASCII bytes at a time) agrees with Python's strict decoder."""
+    item = msgpack.packb(pay_args(1)[:4], use_bin_type=True)
+    raw_item = bytes([item[0] + 1]) + item[1:] + bytes([0xD9, len(device)]) + device
+    raw = b"\x93\x01\xa3pay" + raw_item
+    slow, fast = both_ways(impl, raw)
+    assert fast == slow
+    try:
+        device.decode("utf-8")
+        expected = Code.OK
+    except UnicodeDecodeError:
+        expected = Code.MALFORMED_MSGPACK
+    assert msgpack.unpackb(fast[0][4:])[1] == expected
