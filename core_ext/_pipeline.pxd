@@ -18,7 +18,7 @@ cdef struct PayC:
     int32_t qr_bytes
     const unsigned char* device      # NULL: no device id
     int32_t device_bytes
-    int32_t qr_index                 # the payload as a Python str, for the dynamic-QR guard (-1: none kept)
+    uint64_t qr_digest               # pipeline_types.qr_digest of the payload
     # ---- the QR stage ----
     int32_t qr_code                  # qr_validate's verdict code
     bint dynamic
@@ -33,6 +33,23 @@ cdef struct PayC:
     uint64_t answer_amount_minor
     uint64_t fee_minor
     bint has_detail
+
+
+cdef enum:
+    QR_CACHE_SLOTS = 4096                # direct mapped by the payload's digest
+    QR_CACHE_PAYLOAD_BYTES_MAX = 320     # longer payloads are validated every time
+
+
+# A static code seen before: its verdict (no expiry, so it cannot change with the clock) and
+# merchant, keyed by the exact payload bytes.  Emptied when the merchant mirror is rebuilt.
+cdef struct QrCacheC:
+    uint64_t digest
+    int32_t payload_bytes                # 0: an empty slot
+    int32_t merchant
+    bint has_amount
+    int64_t qr_amount_minor
+    int32_t currency
+    unsigned char payload[QR_CACHE_PAYLOAD_BYTES_MAX]
 
 
 cdef struct MerchantC:
@@ -107,6 +124,8 @@ cdef class Pipeline:
     cdef list _scheme_names              # bytes per QR scheme number
     # per call scratch, allocated once
     cdef PayC* items
+    cdef QrCacheC* qr_cache
+    cdef uint64_t qr_cache_hits
     cdef list _payloads                  # str payloads of the current call (guard, twin path)
     cdef list _kept_items                # bytes the items of a decoded call point into
     cdef Out _audit

@@ -567,8 +567,9 @@ cdef class Pipeline:
 
     def __cinit__(self, *args, **kwargs):
         self.items = <PayC*>calloc(LIMIT_BATCH_FRAME_ITEMS_MAX, sizeof(PayC))
+        self.qr_cache = <QrCacheC*>calloc(QR_CACHE_SLOTS, sizeof(QrCacheC))
         self.key_mask = 0
-        if self.items == NULL:
+        if self.items == NULL or self.qr_cache == NULL:
             raise MemoryError()
 
     def __init__(self, settings, Ledger ledger, merchants, rules=None, audit=None):
@@ -591,6 +592,7 @@ cdef class Pipeline:
 
     def __dealloc__(self):
         free(self.items)
+        free(self.qr_cache)
         free(self.participants)
         free(self.range_starts)
         free(self.range_ends)
@@ -691,6 +693,7 @@ cdef class Pipeline:
         cdef Py_ssize_t slot_index
         cdef bytes key, name
         self._free_merchants()
+        memset(self.qr_cache, 0, QR_CACHE_SLOTS * sizeof(QrCacheC))     # cached merchant rows go stale
         registrations = self.merchants.registrations() if self.merchants is not None else []
         count = len(registrations)
         while capacity < 2 * count:
@@ -866,7 +869,7 @@ cdef class Pipeline:
         cdef int index
         values = {f"{STAGES[index]}_ns": self.stage_ns[index] for index in range(4)}
         values.update(payments=self.payments, calls=self.calls, fast_decodes=self.fast_decodes,
-                      slow_decodes=self.slow_decodes)
+                      slow_decodes=self.slow_decodes, qr_cache_hits=self.qr_cache_hits)
         values["codes"] = {code: self.code_counts[code] for code in range(1000) if self.code_counts[code]}
         return values
 
@@ -1001,9 +1004,19 @@ cdef class Pipeline:
         return 0
 
     cdef void _qr_stage(self, PayC* item, int64_t now_s, QrVerdict* verdict) noexcept:
+        cdef QrCacheC* entry
         item.merchant = -1
         if item.qr == NULL:
             item.qr_code = CODE_QR_BAD_ENCODING
+            return
+        item.qr_digest = digest_u64(SEED_QR, item.qr, item.qr_bytes)
+        entry = &self.qr_cache[item.qr_digest & (QR_CACHE_SLOTS - 1)]
+        if entry.payload_bytes == item.qr_bytes and entry.digest == item.qr_digest \
+                and memcmp(entry.payload, item.qr, item.qr_bytes) == 0:
+            self.qr_cache_hits += 1
+            item.qr_code, item.dynamic, item.has_expiry, item.expiry_s = 0, False, False, 0
+            item.has_amount, item.qr_amount_minor = entry.has_amount, entry.qr_amount_minor
+            item.currency, item.merchant = entry.currency, entry.merchant
             return
         item.qr_code = qr_validate(item.qr, item.qr_bytes, now_s, verdict)
         if item.qr_code != 0:
@@ -1011,6 +1024,11 @@ cdef class Pipeline:
         item.dynamic, item.has_amount, item.qr_amount_minor = verdict.dynamic, verdict.has_amount, verdict.amount_minor
         item.has_expiry, item.expiry_s, item.currency = verdict.has_expiry, verdict.expiry_s, verdict.currency
         item.merchant = self._resolve(item.qr, verdict)
+        if not item.dynamic and not item.has_expiry and 0 < item.qr_bytes <= QR_CACHE_PAYLOAD_BYTES_MAX:
+            # A static code without an expiry: the same bytes always get this verdict and merchant.
+            entry.digest, entry.payload_bytes, entry.merchant = item.qr_digest, item.qr_bytes, item.merchant
+            entry.has_amount, entry.qr_amount_minor, entry.currency = item.has_amount, item.qr_amount_minor, item.currency
+            memcpy(entry.payload, item.qr, item.qr_bytes)
 
     cdef int _decide_post(self, ParticipantC* participant, PayC* item, Py_ssize_t index, int64_t now_ns) except -1:
         """One payment, every step in order (core_ext/reference/pipeline.py, Pipeline.pay_one)."""
@@ -1107,7 +1125,7 @@ cdef class Pipeline:
         ctx.merchant_is_personal, ctx.merchant_country = personal, merchant.country
         ctx.payer_country = LEDGER_COUNTRY_C[payer.ledger] if payer.ledger < 1000 else 0
         ctx.device_id = digest_u64(SEED_DEVICE, item.device, item.device_bytes) if item.device_bytes > 0 else 0
-        ctx.qr_digest = digest_u64(SEED_QR, item.qr, item.qr_bytes)
+        ctx.qr_digest = item.qr_digest
         ctx.qr_dynamic, ctx.amount_minor, ctx.currency = item.dynamic, item.answer_amount_minor, merchant.ledger
         ctx.amount_usd_minor = floor_scaled(item.answer_amount_minor, entry.usd_minor_per_million_minor,
                                             1000000) if entry != NULL else 0

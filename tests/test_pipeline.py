@@ -183,3 +183,22 @@ def test_a_device_id_is_utf8_exactly_as_the_slow_path_decodes_it(impl, device):
     except UnicodeDecodeError:
         expected = Code.MALFORMED_MSGPACK
     assert msgpack.unpackb(fast[0][4:])[1] == expected
+
+
+def test_a_merchant_registered_later_is_paid_once_the_mirror_is_synced(impl):
+    """The compiled core caches static codes' verdicts and merchants; a re-sync forgets them."""
+    engine = make_engine(impl)
+    unregistered = body(1, "pay", pay_args(1, payload=fixtures.unregistered_qr()))
+    assert msgpack.unpackb(fast_frame(engine, unregistered)[4:])[1] == Code.MERCHANT_NOT_REGISTERED
+    code = engine.merchants.register(scheme="promptpay", merchant_id="0066899999999", account_id=fixtures.MERCHANT_ACCOUNT,
+                                     name="Nobody", mcc="4121", country="TH", currency=fixtures.THB)
+    assert code == Code.OK
+    engine.pipeline.sync_merchants()
+    assert msgpack.unpackb(fast_frame(engine, unregistered)[4:])[1:] == [Code.OK, [100, 0, fixtures.THB, "Nobody"]]
+
+
+def test_a_static_code_seen_again_is_answered_alike_from_the_cache(compiled):
+    engine = make_engine(compiled)
+    first = fast_frame(engine, body(1, "pay_batch", [pay_args(1, 200), pay_args(2, 200)]))
+    assert engine.pipeline.stats()["qr_cache_hits"] == 1
+    assert [entry[0] for entry in msgpack.unpackb(first[4:])[2]] == [Code.OK, Code.OK]
