@@ -128,4 +128,5 @@ def test_backup_into_a_directory_that_is_not_empty_is_refused(tmp_path):
     Storage.open(source, [core_ext.core.Ledger()], durability="os").close()
     refused = switch_cli("ledger", "backup", "--data", str(source), str(target))
     assert refused.returncode != 0 and "must be empty" in refused.stderr
+    assert "Traceback" not in refused.stderr
     assert (target / "something").read_text() == "keep me"

@@ -173,5 +173,8 @@ def transfers(data_dir: str, as_json: bool, limit: int) -> None:
 @click.argument("target_dir", type=click.Path(file_okay=False))
 def backup(data_dir: str, target_dir: str) -> None:
     """Copy the data directory consistently into TARGET_DIR (empty), while a server may hold it."""
-    storage.backup(data_dir, target_dir)
+    try:
+        storage.backup(data_dir, target_dir)
+    except (storage.StorageError, OSError) as error:
+        raise click.ClickException(f"backup failed, nothing written: {error}") from None
     click.echo(f"backed up {data_dir} to {target_dir}")
