@@ -21,6 +21,8 @@ import argparse
 import cProfile
 import pathlib
 import pstats
+import re
+import subprocess
 import sys
 import time
 
@@ -33,6 +35,24 @@ from core_ext import limits  # noqa: E402
 
 STAGES = ("decode", "qr", "decide_post", "respond")
 REPORT_LINES = 40
+# The core's C functions worth a line in the callgrind summary: (label, regular expression of the symbol).
+CALLGRIND_FUNCTIONS = (
+    ("Pipeline.run (all of it)", r"^__pyx_pw_.*Pipeline_\d+run$"),
+    ("  read pay items (msgpack reader)", r"_pipeline_read_pay_item$"),
+    ("    of which UTF-8 check", r"_pipeline_utf8_strict$"),
+    ("  QR stage (cache, merchant)", r"Pipeline__qr_stage$"),
+    ("    of which qr_validate (cache misses)", r"_qr_qr_validate$"),
+    ("  decide and post", r"Pipeline__decide_post$"),
+    ("    rules evaluate", r"RuleEngine_evaluate_struct$"),
+    ("    rules observe", r"RuleEngine_observe_struct$"),
+    ("    ledger create_transfers", r"Ledger_create_transfers_c$"),
+    ("  response frame", r"Pipeline__frame$"),
+    ("rules LRU find (evaluate and touch)", r"_Lru_find$"),
+    ("rules LRU touch (observe)", r"_Lru_touch$"),
+    ("Python dict lookups (any caller)", r"^PyDict_GetItemWithError$"),
+    ("Python int creation (any caller)", r"^PyLong_FromUnsignedLong$"),
+)
+CALLGRIND_LINE = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+\S*?:(\S+)")
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -45,6 +65,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cprofile", type=pathlib.Path, metavar="REPORT",
                         help="run under cProfile; write the report sorted by cumulative time to REPORT")
     parser.add_argument("--allow-trace-build", action="store_true", help="run on the debug build too")
+    parser.add_argument("--callgrind-summary", type=pathlib.Path, metavar="CALLGRIND_OUT",
+                        help="run nothing: print the inclusive instructions per payment of the core's main "
+                             "functions from a callgrind output of a run of --payments payments")
     arguments = parser.parse_args(argv)
     if not 1 <= arguments.batch <= limits.BATCH_FRAME_ITEMS_MAX:
         parser.error(f"--batch must be 1..{limits.BATCH_FRAME_ITEMS_MAX}")
@@ -79,8 +102,41 @@ def stage_report(stats: dict) -> str:
     return "per payment: " + ", ".join(parts)
 
 
+def inclusive_instructions(callgrind_out: pathlib.Path) -> dict[str, int]:
+    """function symbol -> inclusive instruction count, from callgrind_annotate --inclusive=yes."""
+    listing = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--auto=no", "--threshold=100", str(callgrind_out)],
+        check=True, capture_output=True, text=True).stdout
+    counts: dict[str, int] = {}
+    for line in listing.splitlines():
+        match = CALLGRIND_LINE.match(line)
+        if match:
+            # A function can be listed twice (under two spellings of its file): keep the larger.
+            symbol, count = match.group(2), int(match.group(1).replace(",", ""))
+            counts[symbol] = max(count, counts.get(symbol, 0))
+    return counts
+
+
+def callgrind_summary(callgrind_out: pathlib.Path, payments: int) -> list[str]:
+    """Lines of inclusive instructions per payment (and share of Pipeline.run) per CALLGRIND_FUNCTIONS."""
+    counts = inclusive_instructions(callgrind_out)
+
+    def total_of(pattern: str) -> int:
+        return max((count for symbol, count in counts.items() if re.search(pattern, symbol)), default=0)
+
+    run_total = total_of(CALLGRIND_FUNCTIONS[0][1]) or 1
+    lines = [f"inclusive instructions per payment ({payments:,} payments, {callgrind_out}):"]
+    for label, pattern in CALLGRIND_FUNCTIONS:
+        count = total_of(pattern)
+        lines.append(f"  {label:<40} {count / payments:>9,.0f}  {100 * count / run_total:5.1f}%")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
+    if arguments.callgrind_summary:
+        print("\n".join(callgrind_summary(arguments.callgrind_summary, arguments.payments)))
+        return 0
     try:
         engine = workload_engine(arguments.implementation, arguments.allow_trace_build)
     except TraceBuildError as error:
