@@ -96,6 +96,8 @@ cdef class Pipeline:
     cdef readonly object audit
     cdef RuleEngine _rules
     cdef object _ruleset_seen            # the RuleSet the audit tables below were built from
+    cdef uint32_t _reference_ledger      # the rule set's currency (0: each payment's own)
+    cdef uint64_t _reference_usd_minor_per_million_minor   # its rate (0: no such ledger, so no conversion)
     cdef list _keep_rules                # the bytes _rule_audit points into
     cdef list _keep                      # bytes objects C pointers point into
     cdef RuleAuditC _rule_audit[64]
@@ -161,6 +163,7 @@ cdef class Pipeline:
     cdef int _decide_post(self, ParticipantC* participant, PayC* item, Py_ssize_t index, int64_t now_ns) except -1
     cdef uint32_t _resolve_payment(self, ParticipantC* participant, PayC* item, int64_t now_ns) except? 0xFFFFFFFF
     cdef bint _fill_context(self, PaymentCtx* ctx, const PayC* item, const MerchantC* merchant, const AccountC* payer, const AccountC* payee, int64_t now_ns) noexcept
+    cdef bint _fill_reference_rate(self, PaymentCtx* ctx, uint32_t ledger, const LedgerC* entry) noexcept
     cdef int _act_on(self, ParticipantC* participant, PayC* item, Py_ssize_t index, const MerchantC* merchant, const DecisionOut* decision, int64_t now_ns) except -1
     cdef uint32_t _guard(self, PayC* item, Py_ssize_t index, int64_t now_ns) except? 0xFFFFFFFF
     cdef int _post(self, ParticipantC* participant, PayC* item, const MerchantC* merchant, bint held, int64_t now_ns) except -1

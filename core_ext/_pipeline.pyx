@@ -658,6 +658,7 @@ cdef class Pipeline:
         """The audit bytes of each rule, rebuilt when the rule set changed (a reload)."""
         cdef Py_ssize_t index
         cdef bytes entry
+        cdef const LedgerC* reference
         ruleset = self._rules.ruleset
         if ruleset is self._ruleset_seen:
             return 0
@@ -670,6 +671,9 @@ cdef class Pipeline:
             self._rule_audit[index].entry_bytes = PyBytes_GET_SIZE(entry)
         digest = bytes.fromhex(ruleset.hash)
         memcpy(self._ruleset_hash, <const char*>digest, 32)
+        reference = self._ledger_of(ruleset.currency) if ruleset.currency else NULL
+        self._reference_ledger = ruleset.currency
+        self._reference_usd_minor_per_million_minor = reference.usd_minor_per_million_minor if reference != NULL else 0
         self._keep_rules = entries
         self._ruleset_seen = ruleset
         return 0
@@ -1135,7 +1139,18 @@ cdef class Pipeline:
         ctx.qr_amount_minor = <uint64_t>item.qr_amount_minor if item.has_amount else 0
         ctx.merchant_kyc_tier = payee.user_data_32 if personal else 0
         ctx.merchant_balance_minor = available_minor(payee) if personal else 0
-        return False
+        return self._fill_reference_rate(ctx, merchant.ledger, entry)
+
+    cdef bint _fill_reference_rate(self, PaymentCtx* ctx, uint32_t ledger, const LedgerC* entry) noexcept:
+        """The rule set's currency per payment currency, as the exact fraction of the two USD rates
+        (core_ext/rules_types.py); True (the payment is declined RISK_CONTEXT_INVALID) when either
+        rate is missing, so no amount rule ever compares unconverted money."""
+        if self._reference_ledger == 0 or self._reference_ledger == ledger:
+            ctx.reference_rate_numerator, ctx.reference_rate_denominator = 1, 1
+            return False
+        ctx.reference_rate_numerator = entry.usd_minor_per_million_minor if entry != NULL else 0
+        ctx.reference_rate_denominator = self._reference_usd_minor_per_million_minor
+        return ctx.reference_rate_numerator == 0 or ctx.reference_rate_denominator == 0
 
     cdef int _act_on(self, ParticipantC* participant, PayC* item, Py_ssize_t index, const MerchantC* merchant,
                      const DecisionOut* decision, int64_t now_ns) except -1:

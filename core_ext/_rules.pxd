@@ -66,6 +66,9 @@ ctypedef struct PaymentCtx:
     uint64_t qr_amount_minor
     uint32_t merchant_kyc_tier
     uint64_t merchant_balance_minor
+    uint64_t reference_rate_numerator      # the amount in the rule set's currency is
+    uint64_t reference_rate_denominator    # floor(amount_minor * numerator / denominator)
+    uint64_t amount_reference_minor        # derived by the engine from the three above; callers leave it
 
 ctypedef struct DecisionOut:
     uint32_t action            # Action

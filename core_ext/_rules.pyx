@@ -41,12 +41,20 @@ cdef extern from *:
     static inline unsigned long long rules_ema(unsigned long long average, unsigned long long x, int shift) {
         return (unsigned long long)(((unsigned __int128)average * ((1u << shift) - 1) + x) >> shift);
     }
+    /* An amount in the rule set's currency: floor(amount * numerator / denominator) in 128 bits,
+       saturating at 2^64-1 (rules_types.reference_minor). denominator >= 1 is checked on entry. */
+    static inline unsigned long long rules_reference_minor(unsigned long long amount, unsigned long long numerator,
+                                                           unsigned long long denominator) {
+        unsigned __int128 value = (unsigned __int128)amount * numerator / denominator;
+        return value > 0xFFFFFFFFFFFFFFFFULL ? 0xFFFFFFFFFFFFFFFFULL : (unsigned long long)value;
+    }
     static inline int rules_popcount(unsigned long long x) { return __builtin_popcountll(x); }
     """
     bint rules_product_gt(uint64_t a, uint64_t fa, uint64_t b, uint64_t fb) nogil
     bint rules_product_ge(uint64_t a, uint64_t fa, uint64_t b, uint64_t fb) nogil
     uint64_t rules_ema(uint64_t average, uint64_t x, int shift) nogil
     int rules_popcount(uint64_t x) nogil
+    uint64_t rules_reference_minor(uint64_t amount, uint64_t numerator, uint64_t denominator) nogil
     int __builtin_ctzll(unsigned long long x) nogil
 
 # The .pxd fixes array sizes; they must be the limits' (a mismatch is a build bug).
@@ -324,12 +332,18 @@ cdef int context_from_object(object ctx, PaymentCtx* out) except -1:
         value = ctx.merchant_balance_minor
         exact &= PyLong_CheckExact(value)
         out.merchant_balance_minor = value
+        value = ctx.reference_rate_numerator
+        exact &= PyLong_CheckExact(value)
+        out.reference_rate_numerator = value
+        value = ctx.reference_rate_denominator
+        exact &= PyLong_CheckExact(value)
+        out.reference_rate_denominator = value
     except (OverflowError, TypeError, AttributeError, ValueError):
         return 1
     if (out.payer_kyc_tier >= LIMIT_RULES_KYC_TIERS or out.merchant_kyc_tier >= LIMIT_RULES_KYC_TIERS
             or out.payer_created_ns < 0 or out.now_ns < 0 or out.qr_expires_ns < 0 or out.amount_minor == 0
             or out.merchant_mcc > 9999 or out.merchant_country > 999 or out.payer_country > 999
-            or out.currency > 999):
+            or out.currency > 999 or out.reference_rate_numerator == 0 or out.reference_rate_denominator == 0):
         return 1
     # The C conversion also takes bools and int-likes; the shared check is the judge for those.
     if not exact:
@@ -430,17 +444,17 @@ cdef inline uint32_t check_counts(const CRule* rule, const PaymentCtx* c, const 
             ring_totals(&payer.out_day, DAY_BUCKET_NS, c.now_ns, &amount, &count)
         if kind == KIND_PAYER_DAY_COUNT:
             return rule.code if count + 1 > rule.tier[c.payer_kyc_tier] else 0
-        return rule.code if sat_add(amount, c.amount_minor) > rule.tier[c.payer_kyc_tier] else 0
+        return rule.code if sat_add(amount, c.amount_reference_minor) > rule.tier[c.payer_kyc_tier] else 0
     if kind == KIND_PAYER_HOUR_AMOUNT:
         if payer != NULL:
             ring_totals(&payer.out_hour, HOUR_BUCKET_NS, c.now_ns, &amount, &count)
-        return rule.code if sat_add(amount, c.amount_minor) > rule.tier[c.payer_kyc_tier] else 0
+        return rule.code if sat_add(amount, c.amount_reference_minor) > rule.tier[c.payer_kyc_tier] else 0
     if kind == KIND_NEW_ACCOUNT_COOLING:
         if c.now_ns - c.payer_created_ns >= <int64_t>rule.p[0]:
             return 0
         if payer != NULL:
             ring_totals(&payer.out_day, DAY_BUCKET_NS, c.now_ns, &amount, &count)
-        return rule.code if sat_add(amount, c.amount_minor) > rule.p[1] else 0
+        return rule.code if sat_add(amount, c.amount_reference_minor) > rule.p[1] else 0
     if kind == KIND_DEVICE_VELOCITY:
         if c.device_id == 0:
             return 0
@@ -450,9 +464,9 @@ cdef inline uint32_t check_counts(const CRule* rule, const PaymentCtx* c, const 
     if kind == KIND_MONTHLY_AGGREGATE:
         if payer != NULL:
             ring_totals(&payer.out_30d, DAYS_30_BUCKET_NS, c.now_ns, &amount, &count)
-        return rule.code if sat_add(amount, c.amount_minor) >= rule.p[0] else 0
+        return rule.code if sat_add(amount, c.amount_reference_minor) >= rule.p[0] else 0
     if kind == KIND_STRUCTURING:
-        if not (rule.p[0] - rule.p[1] <= c.amount_minor < rule.p[0]):
+        if not (rule.p[0] - rule.p[1] <= c.amount_reference_minor < rule.p[0]):
             return 0
         if payer != NULL:
             ring_totals(&payer.structuring_30d, DAYS_30_BUCKET_NS, c.now_ns, &amount, &count)
@@ -469,7 +483,7 @@ cdef inline uint32_t check_pass_through(const CRule* rule, const PaymentCtx* c,
     if inflow == 0 or inflow < rule.p[1]:
         return 0
     ring_totals(&payer.out_day, DAY_BUCKET_NS, c.now_ns, &outflow, &count)
-    return rule.code if rules_product_ge(sat_add(outflow, c.amount_minor), 100, inflow, rule.p[0]) else 0
+    return rule.code if rules_product_ge(sat_add(outflow, c.amount_reference_minor), 100, inflow, rule.p[0]) else 0
 
 
 cdef inline uint32_t check_burst(const CRule* rule, const PaymentCtx* c, const AccountState* payer) noexcept nogil:
@@ -492,8 +506,8 @@ cdef inline uint32_t check_burst(const CRule* rule, const PaymentCtx* c, const A
 cdef inline uint32_t check_history(const CRule* rule, const PaymentCtx* c, const AccountState* payer) noexcept nogil:
     if payer == NULL or payer.history_count < rule.p[2]:
         return 0
-    if (rules_product_gt(c.amount_minor, 100, payer.history_mean_minor, rule.p[0])
-            and rules_product_gt(c.amount_minor, 100, payer.history_max_minor, rule.p[1])):
+    if (rules_product_gt(c.amount_reference_minor, 100, payer.history_mean_minor, rule.p[0])
+            and rules_product_gt(c.amount_reference_minor, 100, payer.history_max_minor, rule.p[1])):
         return rule.code
     return 0
 
@@ -505,7 +519,7 @@ cdef inline uint32_t check_spike(const CRule* rule, const PaymentCtx* c, const A
     volume_view(payee, c.now_ns, &average, &today)
     if average == 0 or average < rule.p[1]:
         return 0
-    return rule.code if rules_product_gt(sat_add(today, c.amount_minor), 100, average, rule.p[0]) else 0
+    return rule.code if rules_product_gt(sat_add(today, c.amount_reference_minor), 100, average, rule.p[0]) else 0
 
 
 cdef inline uint32_t check_simple(const CRule* rule, const PaymentCtx* c, const AccountState* payer) noexcept nogil:
@@ -520,15 +534,18 @@ cdef inline uint32_t check_simple(const CRule* rule, const PaymentCtx* c, const 
     if kind == KIND_MCC_DENY:
         return rule.code if idset_find(&rule.members, c.merchant_mcc, NULL) else 0
     if kind == KIND_PAYMENT_CAP_TIER:
-        return rule.code if c.amount_minor > rule.tier[c.payer_kyc_tier] else 0
+        return rule.code if c.amount_reference_minor > rule.tier[c.payer_kyc_tier] else 0
     if kind == KIND_PAYMENT_CAP_MCC:
-        if idset_find(&rule.members, c.merchant_mcc, &cap) and c.amount_minor > cap:
+        if idset_find(&rule.members, c.merchant_mcc, &cap) and c.amount_reference_minor > cap:
             return rule.code
         return 0
     if kind == KIND_BALANCE_CAP:
         if not c.merchant_is_personal:
             return 0
-        return rule.code if sat_add(c.merchant_balance_minor, c.amount_minor) > rule.tier[c.merchant_kyc_tier] else 0
+        # The payee's balance is in the payment's ledger: convert the sum once (as the twin does).
+        value = rules_reference_minor(sat_add(c.merchant_balance_minor, c.amount_minor),
+                                      c.reference_rate_numerator, c.reference_rate_denominator)
+        return rule.code if value > rule.tier[c.merchant_kyc_tier] else 0
     if kind == KIND_STATIC_QR_MERCHANT:
         return rule.code if not c.qr_dynamic and c.qr_merchant_account_id != c.merchant_account_id else 0
     if kind == KIND_TRAVEL_RULE:
@@ -539,9 +556,9 @@ cdef inline uint32_t check_simple(const CRule* rule, const PaymentCtx* c, const 
         last_ns = c.payer_created_ns
         if payer != NULL and payer.times_count:
             last_ns = payer.times[payer.times_head]
-        return rule.code if c.now_ns - last_ns >= <int64_t>rule.p[0] and c.amount_minor >= rule.p[1] else 0
+        return rule.code if c.now_ns - last_ns >= <int64_t>rule.p[0] and c.amount_reference_minor >= rule.p[1] else 0
     if kind == KIND_FIRST_PAYEE:
-        if c.amount_minor < rule.p[0]:
+        if c.amount_reference_minor < rule.p[0]:
             return 0
         return 0 if payer != NULL and has_paid(payer, c.merchant_account_id) else rule.code
     return 0
@@ -700,9 +717,14 @@ cdef class RuleEngine:
             return check_counts(rule, c, payer, device)
         return check_simple(rule, c, payer)
 
-    cdef void evaluate_struct(self, const PaymentCtx* c, DecisionOut* out):
+    cdef void evaluate_struct(self, const PaymentCtx* given, DecisionOut* out):
         """Decide one payment; touches no state but the per-rule counters.
         A dict lookup cannot fail for an int key, so errors are not expected here."""
+        # A copy with the amount in the rule set's currency, derived here so no caller can forget it.
+        cdef PaymentCtx converted = given[0]
+        converted.amount_reference_minor = rules_reference_minor(
+            given.amount_minor, given.reference_rate_numerator, given.reference_rate_denominator)
+        cdef const PaymentCtx* c = &converted
         cdef const AccountState* payer = NULL
         cdef const AccountState* payee = NULL
         cdef const DeviceState* device = NULL
@@ -786,14 +808,17 @@ cdef class RuleEngine:
 
     cdef int observe_struct(self, const PaymentCtx* c, uint32_t action) except -1:
         cdef uint8_t flags = FLAG_QR_DYNAMIC if c.qr_dynamic else 0
+        # Counters accumulate (and the journal records) the amount in the rule set's currency.
+        cdef uint64_t amount_minor = rules_reference_minor(c.amount_minor, c.reference_rate_numerator,
+                                                           c.reference_rate_denominator)
         if action == ACTION_DECLINE:
             return 0
-        if self._band_on and self._band_low_minor <= c.amount_minor < self._band_high_minor:
+        if self._band_on and self._band_low_minor <= amount_minor < self._band_high_minor:
             flags |= FLAG_STRUCTURING_BAND
         self._apply(c.now_ns, c.payer_account_id, c.merchant_account_id, c.device_id, c.qr_digest,
-                    c.qr_expires_ns, c.amount_minor, flags)
+                    c.qr_expires_ns, amount_minor, flags)
         self._journal_append(c.now_ns, c.payer_account_id, c.merchant_account_id, c.device_id, c.qr_digest,
-                             c.qr_expires_ns, c.amount_minor, flags)
+                             c.qr_expires_ns, amount_minor, flags)
         return 0
 
     cdef int _apply(self, int64_t now_ns, uint64_t payer_id, uint64_t payee_id, uint64_t device_id,

@@ -242,7 +242,8 @@ _ENTRIES: list[Entry] = [
     Entry(456, "RISK_STATE_FULL", "risk",
           "The risk engine's table of live dynamic QR codes is full, so this use could not be recorded; retry later."),
     Entry(457, "RISK_CONTEXT_INVALID", "risk",
-          "A payment field given to the risk engine is missing, of the wrong type or out of range; nothing was posted."),
+          "A payment field given to the risk engine is missing, of the wrong type or out of range, or the payment's "
+          "ledger or the rule set's currency has no usd_minor_per_million_minor to convert with; nothing was posted."),
 
     # ---- 500-549: authentication and authorization ----------------------------
     Entry(500, "NOT_AUTHENTICATED", "auth",

@@ -7,6 +7,11 @@ between the compiled engine (core_ext/_rules.pyx) and its twin
 * The rule catalogue (KINDS) and `load_ruleset(toml_text) -> RuleSet`, which
   validates a declarative TOML rule set and compiles it into plain parameter
   tables (no eval) that both engines take.
+* Amounts: a rule set states its reference currency (`[ruleset] currency = 356`, ISO 4217
+  numeric) and every `*_minor` amount in it is in that currency's minor units. The caller
+  gives each payment's rate to it as an exact fraction (PaymentContext.reference_rate_*),
+  and both engines compare and accumulate `reference_minor(...)`: rounded down, saturating.
+  `travel_rule` alone keeps its threshold in US cents (amount_usd_minor).
 * The engine's fixed state layout: window bucket widths, the hash used by the
   sketches and the per-payer payee filter, and the journal record format.
 
@@ -91,6 +96,13 @@ class PaymentContext:
     qr_amount_minor: int = 0          # the amount a dynamic QR is bound to (0: the payer enters it)
     merchant_kyc_tier: int = 0        # tier of a personal receiving account (balance cap)
     merchant_balance_minor: int = 0   # its balance before this payment (balance cap)
+    # The rule set's amounts are minor units of its reference currency ([ruleset] currency).
+    # Every amount-based rule compares and accumulates reference_minor(amount_minor, numerator,
+    # denominator) = floor(amount_minor * numerator / denominator), an exact fraction the caller
+    # takes from the ledger rates (the pipeline: this ledger's usd_minor_per_million_minor over the
+    # reference ledger's; 1/1 when the payment is in the reference currency or the set names none).
+    reference_rate_numerator: int = 1
+    reference_rate_denominator: int = 1
 
 
 # (field, low, high): the range each integer field must lie in. Booleans take any truthiness.
@@ -114,6 +126,8 @@ CONTEXT_RANGES: tuple[tuple[str, int, int], ...] = (
     ("qr_amount_minor", 0, U64_MAX),
     ("merchant_kyc_tier", 0, TIERS - 1),
     ("merchant_balance_minor", 0, U64_MAX),
+    ("reference_rate_numerator", 1, U64_MAX),
+    ("reference_rate_denominator", 1, U64_MAX),
 )
 CONTEXT_FLAGS = ("merchant_is_personal", "qr_dynamic", "originator_info_present", "beneficiary_info_present")
 
@@ -131,6 +145,13 @@ def context_problem(ctx: Any) -> str | None:
         if not isinstance(value, int):          # bool, or 0/1 from a decoder; never None or a string
             return f"{name} must be a boolean, not {type(value).__name__}"
     return None
+
+
+def reference_minor(amount_minor: int, numerator: int, denominator: int) -> int:
+    """An amount in the rule set's reference currency: rounded down (a threshold is passed only
+    by money actually there), saturating at 2^64-1 like every counter. The compiled engine
+    computes the same in 128 bits."""
+    return min(amount_minor * numerator // denominator, U64_MAX)
 
 
 class Decision(NamedTuple):
@@ -330,6 +351,7 @@ class RuleSet:
     name: str
     hash: str                 # sha256 hex of the canonical rule set, stamped on every decision
     rules: tuple              # CompiledRule, in evaluation order
+    currency: int = 0         # ISO 4217 numeric of every *_minor amount in the set; 0: each payment's own (one-currency switch)
 
     def structuring_band(self) -> tuple[int, int] | None:
         """[low, high) of the structuring rule that is not off, if any: observe counts payments in it."""
@@ -497,6 +519,10 @@ def load_ruleset(toml_text: str) -> RuleSet:
     if not isinstance(header, dict):
         raise RuleSetError("ruleset: must be a table ([ruleset])")
     name = _name("ruleset.name", header.get("name", "unnamed"))
+    unknown = set(header) - {"name", "currency"}
+    if unknown:
+        raise RuleSetError(f"ruleset: unknown field(s) {sorted(unknown)}; expected name and currency")
+    currency = _int_in("ruleset.currency", header.get("currency", 0), 0, 999)
     tables = document.get("rules", [])
     if not isinstance(tables, list):
         raise RuleSetError("rules: must be an array of tables ([[rules]])")
@@ -504,7 +530,8 @@ def load_ruleset(toml_text: str) -> RuleSet:
         raise RuleSetError(f"rules: {len(tables)} rules, more than {limits.RULES_PER_SET_MAX}")
     rules = tuple(_compile_rule(index, table) for index, table in enumerate(tables))
     _check_unique(rules)
-    return RuleSet(name=name, hash=hashlib.sha256(_canonical(document)).hexdigest(), rules=rules)
+    return RuleSet(name=name, hash=hashlib.sha256(_canonical(document)).hexdigest(), rules=rules,
+                   currency=currency)
 
 
 def _check_unique(rules: tuple) -> None:

@@ -147,6 +147,9 @@ STORY = [
     StoryStep(3, 0xD3110004, 3001, "temple-varanasi", 50100, "Priya donates INR 501.00 at the temple"),
     StoryStep(3, 0xD3110005, 3002, "grocery-pune", 25000, "Arjun (minimum KYC, INR 100.00) tries INR 250.00 of groceries"),
     StoryStep(4, 0xD3110006, 4001, "grocery-yogyakarta", 4500000, "Dewi buys IDR 45,000.00 of groceries"),
+    # The rule set's limits are in INR: IDR 1,500,000.00 is about INR 7,875, over a minimum-KYC wallet's INR 5,000 on day one.
+    StoryStep(4, 0xD3110009, 4002, "grocery-yogyakarta", 150000000,
+              "Budi (minimum KYC, new wallet) tries IDR 1,500,000.00 of groceries"),
     StoryStep(1, 0xD3110007, 1002, "tuktuk-bangkok", 15000, "Nok (THB 40.00 in her wallet) takes a THB 150.00 ride"),
     StoryStep(1, 0xD3110008, 2001, "tuktuk-bangkok", 100, "SiamPay tries to debit Maria's account (not its own)"),
 ]

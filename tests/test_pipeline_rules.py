@@ -167,6 +167,7 @@ def test_rules_see_the_payment_as_the_switch_knows_it(reference):
     class Recording:
         def __init__(self, inner) -> None:
             self.inner = inner
+            self.ruleset = inner.ruleset
 
         def evaluate(self, ctx):
             seen.append(ctx)
@@ -190,6 +191,8 @@ def test_rules_see_the_payment_as_the_switch_knows_it(reference):
     # The fixture's dynamic code states no expiry: the rules hold it for the undated lifetime.
     assert ctx.qr_expires_ns == NOW_NS + limits.QR_UNDATED_DYNAMIC_LIFETIME_SECONDS * 10**9
     assert ctx.qr_merchant_account_id == fixtures.MERCHANT_ACCOUNT
+    # The test rule set names no currency: amounts are compared as the payment states them.
+    assert (ctx.reference_rate_numerator, ctx.reference_rate_denominator) == (1, 1)
 
 
 def test_rules_state_and_audit_commit_with_the_postings_and_survive_a_restart(impl, tmp_path):
@@ -336,3 +339,46 @@ def test_switch_serve_refuses_a_bad_rule_set_with_a_message_not_a_traceback(tmp_
         capture_output=True, text=True, timeout=60, cwd=pathlib.Path(__file__).resolve().parent.parent)
     assert completed.returncode != 0
     assert "no-such-kind" in completed.stderr and "Traceback" not in completed.stderr
+
+
+# ---- the rule set's currency -------------------------------------------------------
+
+def engine_with_inr_rules(impl, thb_rate: int, ruleset_currency: int, *rules: str) -> Engine:
+    """The THB fixture switch with an INR ledger beside it and a rule set in `ruleset_currency`."""
+    document = fixtures.document()
+    document["ledgers"][0]["usd_minor_per_million_minor"] = thb_rate
+    document["ledgers"].append({"ledger": 356, "fee_account_id": 9356, "settlement_account_id": 8356,
+                                "fee_bps": 0, "usd_minor_per_million_minor": 12_000})
+    document["accounts"] += [{"id": 9356, "ledger": 356, "code": 3}, {"id": 8356, "ledger": 356, "code": 4}]
+    config = config_module.parse(document)
+    ledger, merchants = impl.Ledger(config.accounts_max), MerchantDirectory()
+    ruleset = load_ruleset(f'[ruleset]\nname = "inr"\ncurrency = {ruleset_currency}\n' + "".join(rules))
+    engine = Engine(config, impl, ledger, merchants, MemoryStorage([ledger, merchants]),
+                    rules=impl.RuleEngine(ruleset), clock_ns=lambda: NOW_NS)
+    engine.bootstrap()
+    return engine
+
+
+INR_1000_CAP = rule("cap", "payment_cap_tier", "decline", limit_minor=100_000)
+
+
+def test_a_thb_payment_is_judged_against_inr_limits_at_the_ledgers_rates(impl):
+    # THB 428.57 = INR 999.99 (and a third of a paisa, rounded down); THB 428.58 = INR 1,000.02.
+    engine = engine_with_inr_rules(impl, 28_000, 356, INR_1000_CAP)
+    codes = [code for code, _ in pay_batch(engine, (1, fixtures.PAYER, fixtures.static_qr(), 42_857),
+                                           (2, fixtures.PAYER, fixtures.static_qr(), 42_858))]
+    assert codes == [Code.OK, Code.RISK_LIMIT_EXCEEDED]
+
+
+@pytest.mark.parametrize("thb_rate, ruleset_currency", [(0, 356), (28_000, 360)])
+def test_a_payment_without_a_rate_to_the_rule_sets_currency_is_refused(impl, thb_rate, ruleset_currency):
+    # No THB rate, or a rule set in a currency the switch has no ledger (so no rate) for.
+    engine = engine_with_inr_rules(impl, thb_rate, ruleset_currency, INR_1000_CAP)
+    assert pay_batch(engine, (1, fixtures.PAYER, fixtures.static_qr(), 100)) == [(Code.RISK_CONTEXT_INVALID, None)]
+
+
+def test_a_payment_in_the_rule_sets_currency_needs_no_rate(impl):
+    engine = engine_with_inr_rules(impl, 0, 764, rule("cap", "payment_cap_tier", "decline", limit_minor=500))
+    codes = [code for code, _ in pay_batch(engine, (1, fixtures.PAYER, fixtures.static_qr(), 500),
+                                           (2, fixtures.PAYER, fixtures.static_qr(), 501))]
+    assert codes == [Code.OK, Code.RISK_LIMIT_EXCEEDED]

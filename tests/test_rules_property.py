@@ -209,6 +209,9 @@ payments = st.builds(
     info=st.sampled_from([True, True, True, False]),
     balance=st.sampled_from([0, 0, 0, 0, 900, 2**64 - 1]),
     registered=st.sampled_from([0, 1, 1, 1, 1]),
+    # The payment's currency over the rule set's (numerator, denominator): the same, the demo's
+    # IDR and THB over INR, and both extremes (saturation, everything rounded to 0).
+    rate=st.sampled_from([(1, 1), (1, 1), (63, 12_000), (28_000, 12_000), (2**64 - 1, 1), (1, 2**64 - 1)]),
     # Apply it even if declined (a ledger-side override): drives the counters harder.
     post_anyway=st.booleans(),
 )
@@ -227,6 +230,7 @@ def to_context(now_ns: int, payment: dict) -> PaymentContext:
         qr_merchant_account_id=payment["payee"] if payment["registered"] else 99,
         qr_expires_ns=now_ns + payment["expires_in_seconds"] * NS_PER_SECOND if payment["expires_in_seconds"] else 0,
         qr_amount_minor=payment["bound"], merchant_kyc_tier=payment["tier"], merchant_balance_minor=payment["balance"],
+        reference_rate_numerator=payment["rate"][0], reference_rate_denominator=payment["rate"][1],
     )
 
 

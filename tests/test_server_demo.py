@@ -39,6 +39,8 @@ def test_demo_serves_tells_its_story_takes_a_payment_and_stops_on_sigterm(tmp_pa
         assert "OK -- THB 60.00 to Somsak Tuk-Tuk" in story
         # The demo rule set is on: its dynamic-QR rule refuses the replay before the directory's guard.
         assert "RISK_QR_REJECTED" in story and "EXCEEDS_CREDITS" in story and "ACCOUNT_NOT_OWNED" in story
+        # The rule set's limits are INR: the IDR groceries pass, the new minimum-KYC wallet's large purchase does not.
+        assert "OK -- IDR 45,000.00 to Warung Bu Sri" in story and "RISK_LIMIT_EXCEEDED" in story
         payload = (tmp_path / "var" / "qr" / "tuktuk-bangkok.txt").read_text().strip()
         with Client("127.0.0.1", port, 1, secret) as client:
             result = client.pay(0xABC, 1001, payload, 2_000)

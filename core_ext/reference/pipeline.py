@@ -232,7 +232,19 @@ class Pipeline:
             now_ns=now_ns, qr_merchant_account_id=merchant.account_id, qr_expires_ns=expires_ns,
             qr_amount_minor=qr.amount_minor or 0,
             merchant_kyc_tier=merchant_account.user_data_32 if personal else 0,
-            merchant_balance_minor=available_minor(merchant_account) if personal else 0)
+            merchant_balance_minor=available_minor(merchant_account) if personal else 0,
+            **self._reference_rate(payment.ledger))
+
+    def _reference_rate(self, ledger: int) -> dict:
+        """The rule set's currency per payment currency as the exact fraction of the two USD rates
+        (core_ext/rules_types.py). A missing rate gives 0, which the rules refuse as
+        RISK_CONTEXT_INVALID, so no amount rule ever compares unconverted money."""
+        reference = self.rules.ruleset.currency if self.rules is not None else 0
+        if reference == 0 or reference == ledger:
+            return {"reference_rate_numerator": 1, "reference_rate_denominator": 1}
+        entry, reference_entry = self._ledgers.get(ledger), self._ledgers.get(reference)
+        return {"reference_rate_numerator": entry.usd_minor_per_million_minor if entry else 0,
+                "reference_rate_denominator": reference_entry.usd_minor_per_million_minor if reference_entry else 0}
 
     def _act_on(self, payment: "_Payment", decision: Decision, now_ns: int) -> tuple[int, Any]:
         if decision.action == DECLINE:

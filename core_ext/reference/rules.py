@@ -21,7 +21,7 @@ from core_ext.rules_types import (
     JOURNAL_FLAG_QR_DYNAMIC, JOURNAL_FLAG_STRUCTURING_BAND, JOURNAL_RECORD, JOURNAL_VERSION,
     MERCHANT_DAY_NS, MODE_NAMES, PAYEE_FILTER_WORDS, SKETCH_BUCKET_NS, SKETCH_BUCKETS, SKETCH_WORDS,
     U64_MAX, Action, Decision, Kind, Mode, RuleAction, RuleSet, TableStats, check_compiled, context_problem,
-    journal_records, mix64, state_digest, table_capacities,
+    journal_records, mix64, reference_minor, state_digest, table_capacities,
 )
 from core_ext import limits
 
@@ -203,6 +203,7 @@ class RuleEngine:
         self.dynamic_qr = LruTable(sizes["dynamic_qr"], lambda: [0])   # [expires_ns]
         self._journal: list[bytes] = []
         self._stats: dict[str, list[int]] = {}
+        self.amount_reference_minor = 0
         self.ruleset = ruleset
         self.reload(ruleset)
 
@@ -235,6 +236,9 @@ class RuleEngine:
         payer = self.accounts.get(ctx.payer_account_id)
         payee = self.accounts.get(ctx.merchant_account_id)
         device = self.devices.get(ctx.device_id) if ctx.device_id else None
+        # Converted once per payment; the checks read it from here (the payment in the set's currency).
+        self.amount_reference_minor = reference_minor(ctx.amount_minor, ctx.reference_rate_numerator,
+                                                      ctx.reference_rate_denominator)
         action, code, fired = int(Action.APPROVE), int(Code.OK), []
         for rule in self.ruleset.rules:
             if rule.mode == Mode.OFF:
@@ -274,10 +278,12 @@ class RuleEngine:
         if decision.action == Action.DECLINE:
             return
         flags = JOURNAL_FLAG_QR_DYNAMIC if ctx.qr_dynamic else 0
-        if self._band is not None and self._band[0] <= ctx.amount_minor < self._band[1]:
+        # Counters accumulate (and the journal records) the amount in the rule set's currency.
+        amount_minor = reference_minor(ctx.amount_minor, ctx.reference_rate_numerator, ctx.reference_rate_denominator)
+        if self._band is not None and self._band[0] <= amount_minor < self._band[1]:
             flags |= JOURNAL_FLAG_STRUCTURING_BAND
         record = (ctx.now_ns, ctx.payer_account_id, ctx.merchant_account_id, ctx.device_id, ctx.qr_digest,
-                  ctx.qr_expires_ns, ctx.amount_minor, flags)
+                  ctx.qr_expires_ns, amount_minor, flags)
         self._apply(*record)
         self._journal.append(JOURNAL_RECORD.pack(*record))
 
@@ -365,13 +371,13 @@ def check_blocklist(engine, rule, ctx, payer, payee, device) -> int:
 
 
 def check_payment_cap_tier(engine, rule, ctx, payer, payee, device) -> int:
-    return rule.code if ctx.amount_minor > rule.tier[ctx.payer_kyc_tier] else 0
+    return rule.code if engine.amount_reference_minor > rule.tier[ctx.payer_kyc_tier] else 0
 
 
 def check_payment_cap_mcc(engine, rule, ctx, payer, payee, device) -> int:
     for mcc, cap_minor in rule.caps:
         if mcc == ctx.merchant_mcc:
-            return rule.code if ctx.amount_minor > cap_minor else 0
+            return rule.code if engine.amount_reference_minor > cap_minor else 0
     return 0
 
 
@@ -382,25 +388,27 @@ def check_payer_day_count(engine, rule, ctx, payer, payee, device) -> int:
 
 def check_payer_day_amount(engine, rule, ctx, payer, payee, device) -> int:
     amount, _count = _totals(payer, "out_day", DAY, ctx.now_ns)
-    return rule.code if sat_add(amount, ctx.amount_minor) > rule.tier[ctx.payer_kyc_tier] else 0
+    return rule.code if sat_add(amount, engine.amount_reference_minor) > rule.tier[ctx.payer_kyc_tier] else 0
 
 
 def check_payer_hour_amount(engine, rule, ctx, payer, payee, device) -> int:
     amount, _count = _totals(payer, "out_hour", HOUR, ctx.now_ns)
-    return rule.code if sat_add(amount, ctx.amount_minor) > rule.tier[ctx.payer_kyc_tier] else 0
+    return rule.code if sat_add(amount, engine.amount_reference_minor) > rule.tier[ctx.payer_kyc_tier] else 0
 
 
 def check_new_account_cooling(engine, rule, ctx, payer, payee, device) -> int:
     if ctx.now_ns - ctx.payer_created_ns >= rule.p[0]:
         return 0
     amount, _count = _totals(payer, "out_day", DAY, ctx.now_ns)
-    return rule.code if sat_add(amount, ctx.amount_minor) > rule.p[1] else 0
+    return rule.code if sat_add(amount, engine.amount_reference_minor) > rule.p[1] else 0
 
 
 def check_balance_cap(engine, rule, ctx, payer, payee, device) -> int:
     if not ctx.merchant_is_personal:
         return 0
-    after_minor = sat_add(ctx.merchant_balance_minor, ctx.amount_minor)
+    # The payee's balance is in the payment's ledger: convert the sum once, as the compiled engine does.
+    after_minor = reference_minor(sat_add(ctx.merchant_balance_minor, ctx.amount_minor),
+                                  ctx.reference_rate_numerator, ctx.reference_rate_denominator)
     return rule.code if after_minor > rule.tier[ctx.merchant_kyc_tier] else 0
 
 
@@ -420,7 +428,7 @@ def check_device_distinct_payers(engine, rule, ctx, payer, payee, device) -> int
 
 def check_structuring(engine, rule, ctx, payer, payee, device) -> int:
     low_minor, high_minor = max(rule.p[0] - rule.p[1], 0), rule.p[0]
-    if not low_minor <= ctx.amount_minor < high_minor:
+    if not low_minor <= engine.amount_reference_minor < high_minor:
         return 0
     _amount, count = _totals(payer, "structuring_30d", DAYS_30, ctx.now_ns)
     return rule.code if count + 1 >= rule.p[2] else 0
@@ -428,7 +436,7 @@ def check_structuring(engine, rule, ctx, payer, payee, device) -> int:
 
 def check_monthly_aggregate(engine, rule, ctx, payer, payee, device) -> int:
     amount, _count = _totals(payer, "out_30d", DAYS_30, ctx.now_ns)
-    return rule.code if sat_add(amount, ctx.amount_minor) >= rule.p[0] else 0
+    return rule.code if sat_add(amount, engine.amount_reference_minor) >= rule.p[0] else 0
 
 
 def check_pass_through(engine, rule, ctx, payer, payee, device) -> int:
@@ -436,7 +444,7 @@ def check_pass_through(engine, rule, ctx, payer, payee, device) -> int:
     if inflow_minor == 0 or inflow_minor < rule.p[1]:
         return 0
     outflow_minor, _count = _totals(payer, "out_day", DAY, ctx.now_ns)
-    outflow_minor = sat_add(outflow_minor, ctx.amount_minor)
+    outflow_minor = sat_add(outflow_minor, engine.amount_reference_minor)
     return rule.code if outflow_minor * 100 >= inflow_minor * rule.p[0] else 0
 
 
@@ -444,7 +452,7 @@ def check_dormant_reactivation(engine, rule, ctx, payer, payee, device) -> int:
     last_ns = payer.last_payment_ns() if payer is not None else None
     if last_ns is None:
         last_ns = ctx.payer_created_ns
-    return rule.code if ctx.now_ns - last_ns >= rule.p[0] and ctx.amount_minor >= rule.p[1] else 0
+    return rule.code if ctx.now_ns - last_ns >= rule.p[0] and engine.amount_reference_minor >= rule.p[1] else 0
 
 
 def check_burst(engine, rule, ctx, payer, payee, device) -> int:
@@ -459,7 +467,7 @@ def check_burst(engine, rule, ctx, payer, payee, device) -> int:
 
 
 def check_first_payee(engine, rule, ctx, payer, payee, device) -> int:
-    if ctx.amount_minor < rule.p[0]:
+    if engine.amount_reference_minor < rule.p[0]:
         return 0
     paid_before = payer is not None and payer.has_paid(ctx.merchant_account_id)
     return 0 if paid_before else rule.code
@@ -475,7 +483,7 @@ def check_fan_in(engine, rule, ctx, payer, payee, device) -> int:
 def check_history_outlier(engine, rule, ctx, payer, payee, device) -> int:
     if payer is None or payer.history_count < rule.p[2]:
         return 0
-    scaled_minor = ctx.amount_minor * 100
+    scaled_minor = engine.amount_reference_minor * 100
     if scaled_minor > payer.history_mean_minor * rule.p[0] and scaled_minor > payer.history_max_minor * rule.p[1]:
         return rule.code
     return 0
@@ -513,7 +521,7 @@ def check_merchant_spike(engine, rule, ctx, payer, payee, device) -> int:
     average_minor, today_minor = payee.volume_view(ctx.now_ns)
     if average_minor == 0 or average_minor < rule.p[1]:
         return 0
-    return rule.code if sat_add(today_minor, ctx.amount_minor) * 100 > average_minor * rule.p[0] else 0
+    return rule.code if sat_add(today_minor, engine.amount_reference_minor) * 100 > average_minor * rule.p[0] else 0
 
 
 def check_travel_rule(engine, rule, ctx, payer, payee, device) -> int:
