@@ -33,6 +33,28 @@ annotate: $(INSTALLED)
 	SWITCH_ANNOTATE=1 $(PY) setup.py build_ext --inplace --force
 	@echo "annotation: core_ext/*.html"
 
+# The release core under a fixed, seeded payment workload (bench/profile_pipeline.py): cProfile, and
+# py-spy and callgrind when installed; reports in ./profile/. How to read them: docs/PROFILING.md.
+PROFILE_PAYMENTS ?= 100000
+PROFILE_CALLGRIND_PAYMENTS ?= 20000
+profile: build
+	mkdir -p profile
+	$(PY) bench/profile_pipeline.py --payments $(PROFILE_PAYMENTS) --cprofile profile/cprofile.txt
+	@if [ -x $(VENV)/bin/py-spy ]; then \
+	  $(VENV)/bin/py-spy record --native --rate 500 -o profile/flame.svg -- \
+	    $(PY) bench/profile_pipeline.py --payments $$((3 * $(PROFILE_PAYMENTS))); \
+	else echo "py-spy not installed (pip install py-spy): no flame graph"; fi
+	@if command -v valgrind >/dev/null; then \
+	  valgrind --tool=callgrind --collect-atstart=no '--toggle-collect=__pyx_pw_*Pipeline_*run' \
+	    --callgrind-out-file=profile/callgrind.out \
+	    $(PY) bench/profile_pipeline.py --payments $(PROFILE_CALLGRIND_PAYMENTS) 2>profile/callgrind.log && \
+	  callgrind_annotate --inclusive=yes --auto=no profile/callgrind.out > profile/callgrind.txt && \
+	  $(PY) bench/profile_pipeline.py --payments $(PROFILE_CALLGRIND_PAYMENTS) \
+	    --callgrind-summary profile/callgrind.out | tee profile/callgrind-summary.txt; \
+	else echo "valgrind not installed: no instruction counts"; fi
+	@echo "reports: profile/cprofile.txt (Python side), profile/flame.svg (py-spy --native)," \
+	  "profile/callgrind.txt and profile/callgrind-summary.txt (instructions, Pipeline.run only)"
+
 # Every atheris target of tests/fuzz for FUZZ_SECONDS each; prints executions and findings per target.
 fuzz: build
 	$(PY) tests/fuzz/run_all.py --seconds $(FUZZ_SECONDS)
