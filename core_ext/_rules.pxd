@@ -118,6 +118,8 @@ cdef class RuleEngine:
     cdef uint64_t _hits[RULES_MAX]
     cdef uint64_t _shadow_hits[RULES_MAX]
     cdef uint64_t _evaluations[RULES_MAX]
+    cdef uint64_t _samples[RULES_MAX]             # evaluations timed (one in RULES_TIME_SAMPLE_INTERVAL_EVALUATIONS)
+    cdef uint64_t _time_ns_sampled[RULES_MAX]     # monotonic nanoseconds spent in those
     cdef bint _band_on
     cdef uint64_t _band_low_minor
     cdef uint64_t _band_high_minor
@@ -135,6 +137,8 @@ cdef class RuleEngine:
     cdef void evaluate_struct(self, const PaymentCtx* ctx, DecisionOut* out)
     cdef int observe_struct(self, const PaymentCtx* ctx, uint32_t action) except -1
     cdef object _decision(self, const DecisionOut* out)
+    cdef uint32_t _check_timed(self, int index, const CRule* rule, const PaymentCtx* c, const AccountState* payer,
+                               const AccountState* payee, const DeviceState* device) except? 0xFFFFFFFF
 
     cdef void _free_rules(self) noexcept
     cdef int _load(self, object ruleset, dict old) except -1

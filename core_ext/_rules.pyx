@@ -15,6 +15,7 @@ from cpython.long cimport PyLong_CheckExact
 from libc.stdint cimport INT64_MAX, UINT64_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 include "codes.pxi"
 include "limits.pxi"
@@ -23,7 +24,8 @@ import sys
 
 from core_ext.rules_types import (
     BLOCKLIST_FIELDS, DAY, DAYS_30, HOUR, JOURNAL_RECORD, JOURNAL_VERSION, MERCHANT_DAY_NS, MODE_NAMES,
-    SKETCH_BUCKET_NS, Decision, Kind, Mode, check_compiled, context_problem, journal_records, state_digest, table_capacities,
+    SKETCH_BUCKET_NS, Decision, Kind, Mode, check_compiled, context_problem, journal_records, rule_stats, state_digest,
+    table_capacities,
 )
 
 cdef extern from *:
@@ -62,6 +64,9 @@ assert RING_SLOTS == LIMIT_RULES_WINDOW_BUCKETS + 1
 assert SKETCH_WORDS_COUNT * 64 == LIMIT_RULES_SKETCH_BITS
 assert BURST_TIMES_COUNT == LIMIT_RULES_BURST_COUNT_MAX
 assert RULES_MAX == LIMIT_RULES_PER_SET_MAX
+# The sampling test is a mask: the interval must be a power of two, at least 2.
+assert LIMIT_RULES_TIME_SAMPLE_INTERVAL_EVALUATIONS >= 2 and \
+    LIMIT_RULES_TIME_SAMPLE_INTERVAL_EVALUATIONS & (LIMIT_RULES_TIME_SAMPLE_INTERVAL_EVALUATIONS - 1) == 0
 assert JOURNAL_RECORD.size == 57 and sys.byteorder == "little"
 
 cdef enum:
@@ -616,7 +621,8 @@ cdef class RuleEngine:
         kept; per-rule statistics are kept for rules whose id and version stay."""
         old = {}
         for index, rule in enumerate(self.ruleset.rules):
-            old[(rule.id, rule.version)] = (self._hits[index], self._shadow_hits[index], self._evaluations[index])
+            old[(rule.id, rule.version)] = (self._hits[index], self._shadow_hits[index], self._evaluations[index],
+                                            self._samples[index], self._time_ns_sampled[index])
         self._load(ruleset, old)
 
     cdef int _load(self, object ruleset, dict old) except -1:
@@ -641,8 +647,9 @@ cdef class RuleEngine:
         self._hash = ruleset.hash
         self._fired_entries = [(rule.id, rule.reason, MODE_NAMES[rule.mode]) for rule in ruleset.rules]
         for index, rule in enumerate(ruleset.rules):
-            kept = old.get((rule.id, rule.version), (0, 0, 0))
-            self._hits[index], self._shadow_hits[index], self._evaluations[index] = kept
+            kept = old.get((rule.id, rule.version), (0, 0, 0, 0, 0))
+            self._hits[index], self._shadow_hits[index], self._evaluations[index] = kept[:3]
+            self._samples[index], self._time_ns_sampled[index] = kept[3:]
         band = ruleset.structuring_band()
         self._band_on = band is not None
         self._band_low_minor, self._band_high_minor = band if band is not None else (0, 0)
@@ -665,8 +672,8 @@ cdef class RuleEngine:
         return 0
 
     def stats(self):
-        return {rule.id: {"hits": self._hits[index], "shadow_hits": self._shadow_hits[index],
-                          "evaluations": self._evaluations[index]}
+        return {rule.id: rule_stats(self._hits[index], self._shadow_hits[index], self._evaluations[index],
+                                    self._samples[index], self._time_ns_sampled[index])
                 for index, rule in enumerate(self.ruleset.rules)}
 
     def tables(self):
@@ -750,7 +757,10 @@ cdef class RuleEngine:
             if rule.mode == MODE_OFF:
                 continue
             self._evaluations[index] += 1
-            code = self._check(rule, c, payer, payee, device)
+            if (self._evaluations[index] & (LIMIT_RULES_TIME_SAMPLE_INTERVAL_EVALUATIONS - 1)) == 1:
+                code = self._check_timed(index, rule, c, payer, payee, device)
+            else:
+                code = self._check(rule, c, payer, payee, device)
             if code == 0:
                 continue
             out.fired_mask |= 1ULL << index
@@ -764,6 +774,18 @@ cdef class RuleEngine:
             elif rule.action == ACTION_REVIEW and out.action < ACTION_REVIEW:
                 out.action = ACTION_REVIEW
                 out.code = CODE_RISK_REVIEW
+
+    cdef uint32_t _check_timed(self, int index, const CRule* rule, const PaymentCtx* c, const AccountState* payer,
+                               const AccountState* payee, const DeviceState* device) except? 0xFFFFFFFF:
+        """_check with a monotonic clock read on either side, added to the rule's sampled time."""
+        cdef timespec start, end
+        cdef uint32_t code
+        clock_gettime(CLOCK_MONOTONIC, &start)
+        code = self._check(rule, c, payer, payee, device)
+        clock_gettime(CLOCK_MONOTONIC, &end)
+        self._samples[index] += 1
+        self._time_ns_sampled[index] += <uint64_t>((end.tv_sec - start.tv_sec) * 1000000000 + (end.tv_nsec - start.tv_nsec))
+        return code
 
     cdef object _decision(self, const DecisionOut* out):
         fired = []

@@ -107,6 +107,9 @@ RULES_PERCENT_MAX = 100_000
 RULES_DURATION_SECONDS_MAX = 3_660 * 86_400
 # One line of a payment log replayed by `switch rules test`.
 RULES_LOG_LINE_BYTES_MAX = 64 << 10
+# Per-rule time is measured on one evaluation in this many (the 1st, the 65th, ...): two clock
+# reads cost more than most rules, so timing each would double the rules' cost. A power of two.
+RULES_TIME_SAMPLE_INTERVAL_EVALUATIONS = 64
 
 # ---- QR ---------------------------------------------------------------------
 # EMVCo MPM 4.1: a payload is at most 512 characters. Any payload (EMVCo or a

@@ -577,6 +577,15 @@ def journal_records(blob: bytes):
     return records
 
 
+def rule_stats(hits: int, shadow_hits: int, evaluations: int, samples: int, time_ns_sampled: int) -> dict:
+    """One rule's statistics as both engines report them. Time is sampled (one evaluation in
+    limits.RULES_TIME_SAMPLE_INTERVAL_EVALUATIONS is timed): `time_ns` estimates the rule's
+    whole time as the sampled mean times its evaluations."""
+    time_ns = time_ns_sampled * evaluations // samples if samples else 0
+    return {"hits": hits, "shadow_hits": shadow_hits, "evaluations": evaluations,
+            "samples": samples, "time_ns_sampled": time_ns_sampled, "time_ns": time_ns}
+
+
 class TableStats(NamedTuple):
     size: int
     capacity: int

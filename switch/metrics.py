@@ -20,6 +20,8 @@ Metric names (docs/OPERATIONS.md says what each means and which alerts to set):
     switch_rule_evaluations_total{rule}      per rule: evaluations, enforced hits, shadow hits
     switch_rule_hits_total{rule}
     switch_rule_shadow_hits_total{rule}
+    switch_rule_time_samples_total{rule}     per rule: evaluations timed (one in 64), and the
+    switch_rule_time_sampled_seconds_total{rule}   time they took
     switch_reviews_pending                   payments held for review, not yet resolved
     switch_pipeline_total{counter}           the payment pipeline's own counters and stage timers
     switch_uptime_seconds, switch_build_info
@@ -33,6 +35,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
+from core_ext import limits
 from core_ext.codes import name_of
 from switch import protocol
 
@@ -212,10 +215,21 @@ class SwitchCollector:
         families = {key: CounterMetricFamily(f"switch_rule_{key}", f"Per rule: {text}.", labels=["rule"])
                     for key, text in (("evaluations", "payments evaluated"), ("hits", "enforced matches"),
                                       ("shadow_hits", "matches in shadow mode"))}
-        for rule_id, evaluations, hits, shadow_hits in engine.get("rules") or ():
+        # Sampled time as two monotonic counters (an estimate of the total could go down):
+        # rate(..._time_sampled_seconds_total) / rate(..._time_samples_total) is a rule's mean time.
+        samples = CounterMetricFamily("switch_rule_time_samples", "Per rule: evaluations timed (one in "
+                                      f"{limits.RULES_TIME_SAMPLE_INTERVAL_EVALUATIONS}).", labels=["rule"])
+        sampled = CounterMetricFamily("switch_rule_time_sampled_seconds", "Per rule: time spent in the timed "
+                                      "evaluations.", labels=["rule"])
+        for rule_id, evaluations, hits, shadow_hits, *timing in engine.get("rules") or ():
             for key, value in (("evaluations", evaluations), ("hits", hits), ("shadow_hits", shadow_hits)):
                 families[key].add_metric([rule_id], value)
+            if timing:
+                samples.add_metric([rule_id], timing[0])
+                sampled.add_metric([rule_id], timing[1] / NS_PER_SECOND)
         yield from families.values()
+        yield samples
+        yield sampled
         yield GaugeMetricFamily("switch_reviews_pending", "Payments held for review, not yet resolved.",
                                 value=engine.get("reviews_pending", 0))
         pipeline = CounterMetricFamily("switch_pipeline", "Payment pipeline counters since start: calls, payments, "

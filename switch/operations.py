@@ -84,11 +84,12 @@ class OperatorOps:
         }
 
     def rule_counters(self) -> list[list]:
-        """[[rule_id, evaluations, hits, shadow_hits], ...] in rule order (arrays: a rule set may
-        hold more rules than a protocol map may hold entries)."""
+        """[[rule_id, evaluations, hits, shadow_hits, samples, time_ns_sampled], ...] in rule order
+        (arrays: a rule set may hold more rules than a protocol map may hold entries)."""
         if self.rules is None:
             return []
-        return [[rule_id, counters["evaluations"], counters["hits"], counters["shadow_hits"]]
+        return [[rule_id, counters["evaluations"], counters["hits"], counters["shadow_hits"], counters["samples"],
+                 counters["time_ns_sampled"]]
                 for rule_id, counters in self.rules.stats().items()]
 
     # ---- reload_rules -------------------------------------------------------------------

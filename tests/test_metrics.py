@@ -73,7 +73,7 @@ class TestOpsStats:
         stats.commit_us.observe(120)
         engine_stats = {"payments": [[int(Code.RISK_DECLINED), 1]],
                         "build": {"implementation": "compiled", "mode": "release"}, "durability": "fsync",
-                        "ruleset_hash": "ab" * 32, "rules": [["cap", 5, 2, 1]], "reviews_pending": 3,
+                        "ruleset_hash": "ab" * 32, "rules": [["cap", 5, 2, 1, 1, 2_500]], "reviews_pending": 3,
                         "pipeline": [["payments", 9], ["qr_ns", 1200]]}
         text = metrics.MetricsExporter(stats, lambda: engine_stats).render().decode()
         assert 'switch_payments_total{code="RISK_DECLINED"} 1.0' in text
@@ -82,6 +82,8 @@ class TestOpsStats:
         assert 'switch_commit_seconds_bucket{le="0.0001"} 0.0' in text
         assert 'switch_rule_hits_total{rule="cap"} 2.0' in text
         assert 'switch_rule_shadow_hits_total{rule="cap"} 1.0' in text
+        assert 'switch_rule_time_samples_total{rule="cap"} 1.0' in text
+        assert 'switch_rule_time_sampled_seconds_total{rule="cap"} 2.5e-06' in text
         assert "switch_reviews_pending 3.0" in text
         assert 'switch_pipeline_total{counter="qr_ns"} 1200.0' in text
         assert 'durability="fsync"' in text and "switch_connections_max" in text

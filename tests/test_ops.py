@@ -86,9 +86,11 @@ class TestStats:
                 assert stats["ruleset_hash"] == load_ruleset(RULES_TEXT).hash
                 assert dict((code, count) for code, count in stats["payments"]) == {
                     Code.OK: 1, Code.MERCHANT_NOT_REGISTERED: 1}
-                rules = {rule[0]: rule[1:] for rule in stats["rules"]}
-                # [evaluations, hits, shadow_hits]: THB 50.00 passes the review cap and trips the shadow rule.
-                assert rules == {"hold-large": [1, 0, 0], "watch-medium": [1, 0, 1]}
+                rules = {rule[0]: rule[1:5] for rule in stats["rules"]}
+                # [evaluations, hits, shadow_hits, samples]: THB 50.00 passes the review cap and trips the
+                # shadow rule; a rule's first evaluation is timed (time_ns_sampled, rule[5], is measured).
+                assert rules == {"hold-large": [1, 0, 0, 1], "watch-medium": [1, 0, 1, 1]}
+                assert all(rule[5] >= 0 for rule in stats["rules"])
                 assert stats["connections"] == 2 and stats["connections_max"] == limits.CONNECTIONS_MAX
                 assert stats["commit_us"]["count"] >= 2 and stats["batch_requests"]["count"] >= 2
                 assert sum(stats["batch_requests"]["counts"]) == stats["batch_requests"]["count"]
@@ -127,7 +129,7 @@ class TestReloadRules:
                 assert (before.code, after.code) == (Code.OK, Code.RISK_REVIEW)
                 stats = await ops.stats()
                 # A rule whose id and version did not change keeps its counters across the reload.
-                assert {rule[0]: rule[1:] for rule in stats["rules"]}["hold-large"] == [2, 1, 0]
+                assert {rule[0]: rule[1:5] for rule in stats["rules"]}["hold-large"] == [2, 1, 0, 1]
                 assert dict(stats["pipeline"]) and all(isinstance(name, str) for name, _ in stats["pipeline"])
         run_on(loop_kind, body)
 

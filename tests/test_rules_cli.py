@@ -96,3 +96,4 @@ def test_stats_after_a_replay_on_either_implementation(tmp_path):
         assert result.exit_code == 0, result.output
         assert "3 payments" in result.output and "table accounts" in result.output
         assert "payer-daily-count                       3" in result.output
+        assert "ns/eval" in result.output and "est. ms" in result.output

@@ -14,6 +14,7 @@ declined with RISK_STATE_FULL instead.
 from __future__ import annotations
 
 import collections
+import time
 
 from core_ext.codes import Code
 from core_ext.rules_types import (
@@ -21,12 +22,13 @@ from core_ext.rules_types import (
     JOURNAL_FLAG_QR_DYNAMIC, JOURNAL_FLAG_STRUCTURING_BAND, JOURNAL_RECORD, JOURNAL_VERSION,
     MERCHANT_DAY_NS, MODE_NAMES, PAYEE_FILTER_WORDS, SKETCH_BUCKET_NS, SKETCH_BUCKETS, SKETCH_WORDS,
     U64_MAX, Action, Decision, Kind, Mode, RuleAction, RuleSet, TableStats, check_compiled, context_problem,
-    journal_records, mix64, reference_minor, state_digest, table_capacities,
+    journal_records, mix64, reference_minor, rule_stats, state_digest, table_capacities,
 )
 from core_ext import limits
 
 BUCKETS = limits.RULES_WINDOW_BUCKETS
 U32_MAX = 2**32 - 1
+TIME_SAMPLE_INTERVAL = limits.RULES_TIME_SAMPLE_INTERVAL_EVALUATIONS
 
 
 def sat_add(a: int, b: int) -> int:
@@ -215,14 +217,14 @@ class RuleEngine:
         kept for rules whose id and version did not change."""
         check_compiled(ruleset)
         old = {(rule.id, rule.version) for rule in self.ruleset.rules}
-        self._stats = {rule.id: (self._stats.get(rule.id, [0, 0, 0]) if (rule.id, rule.version) in old
-                                 else [0, 0, 0]) for rule in ruleset.rules}
+        # [hits, shadow hits, evaluations, samples, sampled time in ns]
+        self._stats = {rule.id: (self._stats.get(rule.id, [0, 0, 0, 0, 0]) if (rule.id, rule.version) in old
+                                 else [0, 0, 0, 0, 0]) for rule in ruleset.rules}
         self.ruleset = ruleset
         self._band = ruleset.structuring_band()
 
     def stats(self) -> dict:
-        return {rule_id: {"hits": hits, "shadow_hits": shadow, "evaluations": evaluations}
-                for rule_id, (hits, shadow, evaluations) in self._stats.items()}
+        return {rule_id: rule_stats(*counters) for rule_id, counters in self._stats.items()}
 
     def tables(self) -> dict:
         return {"accounts": self.accounts.stats()._asdict(), "devices": self.devices.stats()._asdict(),
@@ -245,7 +247,13 @@ class RuleEngine:
                 continue
             counters = self._stats[rule.id]
             counters[2] += 1
-            rule_code = CHECKS[rule.kind](self, rule, ctx, payer, payee, device)
+            if counters[2] % TIME_SAMPLE_INTERVAL == 1:       # the 1st, 65th, ... evaluation is timed
+                start_ns = time.perf_counter_ns()
+                rule_code = CHECKS[rule.kind](self, rule, ctx, payer, payee, device)
+                counters[4] += time.perf_counter_ns() - start_ns
+                counters[3] += 1
+            else:
+                rule_code = CHECKS[rule.kind](self, rule, ctx, payer, payee, device)
             if not rule_code:
                 continue
             fired.append((rule.id, rule.reason, MODE_NAMES[rule.mode]))
