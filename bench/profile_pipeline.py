@@ -7,13 +7,14 @@ and the script prints payments per second and the pipeline's own nanoseconds per
     python bench/profile_pipeline.py                         # plain run: rate and stages
     python bench/profile_pipeline.py --cprofile profile/cprofile.txt
     py-spy record --native -o profile/flame.svg -- .venv/bin/python bench/profile_pipeline.py
-    valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*Pipeline_*run*' \\
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect='__pyx_pw_*Pipeline_*run' \\
         --callgrind-out-file=profile/callgrind.out .venv/bin/python bench/profile_pipeline.py --payments 20000
-    perf record -g -- .venv/bin/python bench/profile_pipeline.py
+    perf record -e cpu-clock -g -- .venv/bin/python bench/profile_pipeline.py
 
 `make profile` runs the usual ones and writes their reports to ./profile/; docs/PROFILING.md reads them.
 It refuses the trace/debug build (make debug) unless --allow-trace-build: cProfile then sees the
-core's def functions, but every number is the trace build's, not release's.
+core's functions and their call counts, but every time is the trace build's, not release's.
+Payments that do not fill a last frame are left out (--payments is rounded down to whole frames).
 """
 from __future__ import annotations
 
