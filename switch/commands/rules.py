@@ -274,3 +274,92 @@ def _live_stats(host: str, port: int, participant_id: int | None, secret: str | 
     click.echo(rule_header())
     for rule in snapshot["rules"]:
         click.echo(rule_line(*rule))
+
+
+# ---- the audit log ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class AuditFilter:
+    """Which audit records an operator asked for; a field left None matches everything."""
+    payer_account_id: int | None = None
+    merchant_account_id: int | None = None
+    payment_id: int | None = None
+    action: int | None = None
+    rule_id: str | None = None
+
+    def matches(self, record) -> bool:
+        return ((self.payer_account_id is None or record.payer_account_id == self.payer_account_id)
+                and (self.merchant_account_id is None or record.merchant_account_id == self.merchant_account_id)
+                and (self.payment_id is None or record.payment_id == self.payment_id)
+                and (self.action is None or record.action == self.action)
+                and (self.rule_id is None or any(fired.rule_id == self.rule_id for fired in record.fired)))
+
+
+def read_audit(data_dir: str, wanted: AuditFilter, limit: int) -> list:
+    """The newest `limit` audit records that match, oldest first, read from the journal (read-only,
+    safe beside a running switch): each is a payment the rules declined, held, or flagged."""
+    from core_ext.pipeline_types import iter_audit_records
+    from switch import storage
+
+    env = storage.open_environment(data_dir, readonly=True)
+    recent: collections.deque = collections.deque(maxlen=limit)
+    try:
+        for _, sections in storage.iterate_journal(env):
+            for name, blob in sections:
+                if name == "audit":
+                    recent.extend(record for record in iter_audit_records(blob) if wanted.matches(record))
+    finally:
+        env.close()
+    return list(recent)
+
+
+def audit_row(record) -> dict:
+    return {
+        "payment_id": f"{record.payment_id:032x}", "timestamp_ns": record.timestamp_ns,
+        "payer_account_id": record.payer_account_id, "merchant_account_id": record.merchant_account_id,
+        "amount_minor": record.amount_minor, "ledger": record.ledger,
+        "decision": ACTION_NAMES[record.action], "code": name_of(record.code),
+        "fired": [{"rule_id": f.rule_id, "reason": f.reason, "mode": f.mode} for f in record.fired],
+        "ruleset_hash": record.ruleset_hash,
+    }
+
+
+@rules.command("audit")
+@click.option("--data", "data_dir", default="var/lmdb", show_default=True, type=click.Path(file_okay=False),
+              help="The switch's data directory (read-only; works beside a running switch).")
+@click.option("--payer", "payer_account_id", type=click.IntRange(1, 2**64 - 1), help="Only this payer account.")
+@click.option("--merchant", "merchant_account_id", type=click.IntRange(1, 2**64 - 1),
+              help="Only this merchant account.")
+@click.option("--payment", "payment_hex", help="Only this payment id (32 hex digits, as `switch pay` prints).")
+@click.option("--decision", type=click.Choice(sorted(ACTIONS_BY_NAME)), help="Only this decision.")
+@click.option("--rule", "rule_id", help="Only payments on which this rule fired.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000),
+              help="The newest this many matching records.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def audit(data_dir: str, payer_account_id, merchant_account_id, payment_hex, decision, rule_id, limit: int,
+          as_json: bool) -> None:
+    """Why the rules decided what they did: every decline, every hold for review, and every approval
+    on which a rule fired (flags, shadow rules), with the rules that fired and their internal reasons.
+    A wallet only ever saw the external code; this is the operator's view."""
+    from switch import storage
+
+    try:
+        payment_id = int(payment_hex, 16) if payment_hex else None
+    except ValueError:
+        raise click.BadParameter(f"{payment_hex!r} is not hexadecimal", param_hint="--payment") from None
+    wanted = AuditFilter(payer_account_id, merchant_account_id, payment_id,
+                         ACTIONS_BY_NAME[decision] if decision else None, rule_id)
+    try:
+        rows = [audit_row(record) for record in read_audit(data_dir, wanted, limit)]
+    except (storage.StorageError, ValueError, OSError) as error:
+        raise click.ClickException(f"cannot read the audit log: {error}") from None
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row, sort_keys=True))
+            continue
+        fired = ", ".join(f"{f['rule_id']}:{f['reason']}" + ("" if f["mode"] == "enforce" else f" ({f['mode']})")
+                          for f in row["fired"])
+        click.echo(f"{row['payment_id']}  payer {row['payer_account_id']}  merchant {row['merchant_account_id']}  "
+                   f"{row['amount_minor']} ({row['ledger']})  {row['decision']:7} {row['code']:22} {fired}")
+    if not as_json:
+        click.echo(f"{len(rows)} record(s)")
