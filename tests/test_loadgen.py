@@ -49,6 +49,38 @@ class TestModel:
         assert [payer.opening_minor for payer in baseline.Workload(3, 500, 80).payers()] == \
                model.opening_balances_minor(3, 500)
 
+    @pytest.mark.parametrize("funding_scale", [1_000, "max"])
+    def test_funded_openings_are_the_postgres_baselines_at_a_scale_too(self, monkeypatch, funding_scale):
+        monkeypatch.syspath_prepend(str(REPO))
+        baseline = pytest.importorskip("bench.baselines.postgres.workload")
+        assert baseline.Workload(3, 500, 80).funding_scale_max() == model.funding_scale_max(3, 500)
+        if funding_scale == "max":
+            funding_scale = model.funding_scale_max(3, 500)
+        theirs = baseline.Workload(3, 500, 80, funding_scale)
+        assert [payer.opening_minor for payer in theirs.payers()] == \
+               model.opening_balances_minor(3, 500, funding_scale)
+        assert [(p.transfer_id, p.amount_minor) for p in itertools.islice(theirs.payments(), 2_000)] == \
+               [(p.transfer_id, p.amount_minor) for p in itertools.islice(model.base_payments(3, 500, 80), 2_000)]
+
+    def test_funding_scales_normal_openings_and_leaves_the_nearly_empty_ones(self):
+        plain, scaled = model.opening_balances_minor(3, 500), model.opening_balances_minor(3, 500, 1_000)
+        low = [index for index, minor in enumerate(plain) if minor <= model.LOW_BALANCE_MINOR_MAX]
+        assert low, "some payers must stay nearly empty so insufficient funds still happen"
+        assert all(scaled[index] == plain[index] for index in low)
+        assert all(scaled[index] == 1_000 * plain[index] for index in range(len(plain)) if index not in low)
+
+    def test_funding_scale_up_to_bigint_is_taken_and_one_more_is_refused(self):
+        scale_max = model.funding_scale_max(3, 500)
+        plain = model.opening_balances_minor(3, 500)
+        assert sum(model.opening_balances_minor(3, 500, scale_max)) <= model.ISSUED_MINOR_MAX
+        # One more scale adds every normal opening once more: past the total PostgreSQL can hold.
+        normal_minor = sum(minor for minor in plain if minor >= model.OPENING_MINOR_MIN)
+        assert sum(model.opening_balances_minor(3, 500, scale_max)) + normal_minor > model.ISSUED_MINOR_MAX
+        with pytest.raises(ValueError, match=f"funding scale {scale_max + 1}: .*bigint.* at most {scale_max}"):
+            model.opening_balances_minor(3, 500, scale_max + 1)
+        with pytest.raises(ValueError, match="at least 1"):
+            model.check_funding_scale(3, 500, 0)
+
     def test_same_seed_same_stream_and_another_seed_another(self):
         first = list(itertools.islice(model.base_payments(1, 100, 10), 500))
         assert first == list(itertools.islice(model.base_payments(1, 100, 10), 500))
@@ -115,6 +147,36 @@ class TestFixture:
             assert result.profile == merchant["profile"]
         profiles = {merchant["profile"] for merchant in small_workload["merchant_table"]}
         assert profiles == {profile for profile, *_ in fixture.PROFILES}
+
+    def test_config_funds_the_wallets_at_the_workloads_funding_scale(self, tmp_path):
+        from switch import config as config_module
+
+        scale_max = model.funding_scale_max(7, 20)
+        spec = fixture.FixtureSpec(seed=7, payer_count=20, merchant_count=5, wallet_count=1, funding_scale=scale_max)
+        config_path, workload_path = fixture.write_fixture(tmp_path, spec)
+        config = config_module.load(config_path)
+        openings = model.opening_balances_minor(7, 20, scale_max)
+        for slot, ledger in enumerate(fixture.LEDGERS):
+            funded = {account.id: account.opening_balance_minor for account in config.accounts if account.ledger == ledger
+                      and account.code == 1}
+            assert [funded[fixture.payer_account_id(slot, index)] for index in range(20)] == openings
+        assert fixture.load_workload(workload_path)["funding_scale"] == scale_max
+
+    def test_a_funding_scale_past_the_bigint_total_is_refused_before_writing(self, tmp_path):
+        spec = fixture.FixtureSpec(seed=7, payer_count=20, merchant_count=5, wallet_count=1,
+                                   funding_scale=model.funding_scale_max(7, 20) + 1)
+        with pytest.raises(ValueError, match="PostgreSQL bigint"):
+            fixture.write_fixture(tmp_path, spec)
+        assert not (tmp_path / "switch.toml").exists()
+
+    def test_a_fixture_of_another_funding_scale_is_regenerated_by_e2e(self, tmp_path):
+        from switch.loadgen import e2e
+
+        spec = fixture.FixtureSpec(seed=7, payer_count=20, merchant_count=5, wallet_count=1, funding_scale=10)
+        _, workload_path = fixture.write_fixture(tmp_path, spec)
+        assert e2e._fixture_matches(workload_path, spec)
+        assert not e2e._fixture_matches(workload_path, fixture.FixtureSpec(
+            seed=7, payer_count=20, merchant_count=5, wallet_count=1, funding_scale=11))
 
     def test_sizes_past_the_account_limit_are_refused(self):
         payers_at_limit = (limits.ACCOUNTS_MAX - 1 - 2 * len(fixture.LEDGERS)) // len(fixture.LEDGERS)
@@ -237,6 +299,7 @@ class TestRuns:
         assert all(key in report for key in REQUIRED_KEYS)
         assert report["count"] > 0 and report["by_code"] == {"OK": report["count"]}
         assert report["errors"] == []
+        assert report["workload"]["funding_scale"] == SMALL.funding_scale == 1
         assert set(report["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
         assert report["latency_us"]["p50"] <= report["latency_us"]["p99"] <= report["latency_us"]["max"]
         assert percentile_curve(report)[-1][1] == pytest.approx(report["latency_us"]["max"], rel=0.01)
@@ -325,3 +388,24 @@ class TestReports:
         assert result.exit_code == 0, result.output
         assert fixture.load_workload(tmp_path / "workload.json")["payers"] == 20
         assert (tmp_path / "switch.toml").exists()
+
+    def test_workload_command_takes_the_largest_funding_scale_and_refuses_one_more(self, tmp_path):
+        scale_max = model.funding_scale_max(1, 20)
+        arguments = ["workload", "--payers", "20", "--merchants", "5", "--wallets", "1", "--funding-scale"]
+        result = CliRunner().invoke(bench, arguments + [str(scale_max), "--out", str(tmp_path / "at")])
+        assert result.exit_code == 0, result.output
+        assert fixture.load_workload(tmp_path / "at" / "workload.json")["funding_scale"] == scale_max
+        result = CliRunner().invoke(bench, arguments + [str(scale_max + 1), "--out", str(tmp_path / "past")])
+        assert result.exit_code == 2 and "PostgreSQL bigint" in result.output
+        assert not (tmp_path / "past").exists()
+
+    def test_e2e_refuses_an_overflowing_funding_scale_before_starting_a_switch(self, tmp_path):
+        result = CliRunner().invoke(bench, ["e2e", "--dir", str(tmp_path / "fixture"), "--payers", "20",
+                                            "--merchants", "5", "--wallets", "1",
+                                            "--funding-scale", str(model.funding_scale_max(1, 20) + 1)])
+        assert result.exit_code == 2 and "at most" in result.output
+        assert not (tmp_path / "fixture").exists()
+
+    def test_funding_scale_zero_is_a_usage_error(self, tmp_path):
+        result = CliRunner().invoke(bench, ["workload", "--out", str(tmp_path), "--funding-scale", "0"])
+        assert result.exit_code == 2 and "--funding-scale" in result.output

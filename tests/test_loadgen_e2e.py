@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from core_ext.codes import Code
 from switch.commands.bench import bench
-from switch.loadgen import RunSettings, e2e, fixture
+from switch.loadgen import RunSettings, e2e, fixture, model
 
 TINY = fixture.FixtureSpec(seed=11, payer_count=200, merchant_count=40, wallet_count=2)
 DOCUMENTED_CODE_NAMES = {code.name for code in Code}
@@ -41,3 +41,18 @@ def test_the_e2e_command_writes_the_json_with_the_required_keys(tmp_path):
     for key in ("throughput_per_s", "latency_us", "count", "by_code", "durability"):
         assert key in report
     assert report["durability"] == "os"
+
+
+def test_a_switch_funded_at_the_largest_scale_starts_and_posts_payments(tmp_path):
+    # Each currency's settlement account is debited the whole issued total, up to bigint's limit:
+    # the switch must fund its wallets without overflow and then post payments from them.
+    scale_max = model.funding_scale_max(1, 100)
+    out = tmp_path / "run.json"
+    result = CliRunner().invoke(bench, [
+        "e2e", "--dir", str(tmp_path / "fixture"), "--durability", "os", "--payers", "100", "--merchants", "20",
+        "--wallets", "1", "--funding-scale", str(scale_max), "--connections", "2", "--depth", "2",
+        "--warmup", "0.2", "--duration", "0.8", "--stream-items", "1000", "--json", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["workload"]["funding_scale"] == scale_max
+    assert report["by_code"].get("OK", 0) > 0

@@ -1,6 +1,6 @@
 """`switch bench`: load a running switch like many wallets would, and report what it did.
 
-    switch bench workload --out DIR [--payers N --merchants M --seed K --wallets W]
+    switch bench workload --out DIR [--payers N --merchants M --seed K --wallets W --funding-scale F]
     switch bench run --workload DIR/workload.json --port P [--mode closed|open --rate R ...] --json OUT.json
     switch bench e2e --dir DIR --durability fsync|os [...] --json OUT.json   (starts and stops the switch)
     switch bench compare A.json B.json
@@ -15,6 +15,24 @@ import sys
 import click
 
 from core_ext import limits
+
+
+_FUNDING_SCALE_OPTION = click.option(
+    "--funding-scale", type=click.IntRange(1), default=1, show_default=True,
+    help="Multiply the normally funded payers' opening balances by this (the nearly empty 5% stay so), "
+         "so that a long closed-loop run posts payments instead of refusing them for lack of funds.")
+
+
+def _fixture_spec(**values):
+    """The fixture's spec, its sizes and funding checked before anything is written or started."""
+    from switch.loadgen import fixture
+
+    spec = fixture.FixtureSpec(**values)
+    try:
+        spec.check()
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    return spec
 
 
 def _run_options(function):
@@ -62,16 +80,14 @@ def bench() -> None:
               help="Wallet participants; each has its own rate limit, so more wallets allow a higher total rate.")
 @click.option("--rules", "rules_path", type=click.Path(exists=True, dir_okay=False),
               help="A rule set for the switch to run (e.g. switch/demo/rules.toml); default: no rules.")
-def workload(out_dir, payers, merchants, seed, wallets, rules_path) -> None:
+@_FUNDING_SCALE_OPTION
+def workload(out_dir, payers, merchants, seed, wallets, rules_path, funding_scale) -> None:
     """Write the switch config and the generator's workload file for PAYERS and MERCHANTS."""
     from switch.loadgen import fixture
 
-    spec = fixture.FixtureSpec(seed=seed, payer_count=payers, merchant_count=merchants, wallet_count=wallets,
-                               rules_path=rules_path)
-    try:
-        config_path, workload_path = fixture.write_fixture(out_dir, spec)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from error
+    spec = _fixture_spec(seed=seed, payer_count=payers, merchant_count=merchants, wallet_count=wallets,
+                         rules_path=rules_path, funding_scale=funding_scale)
+    config_path, workload_path = fixture.write_fixture(out_dir, spec)
     click.echo(f"wrote {config_path} (serve it with `switch serve --config {config_path} --data DIR`)")
     click.echo(f"wrote {workload_path} (load it with `switch bench run --workload {workload_path}`)")
 
@@ -110,14 +126,15 @@ def run(workload_path, host, port, durability, build_mode, target, cpus, json_pa
 @click.option("--wallets", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--rules", "rules_path", type=click.Path(exists=True, dir_okay=False),
               help="A rule set for the switch to run; default: no rules.")
+@_FUNDING_SCALE_OPTION
 @_run_options
-def e2e(directory, durability, payers, merchants, seed, wallets, rules_path, json_path, plot_path, quiet,
-        stream_items, **run_settings) -> None:
+def e2e(directory, durability, payers, merchants, seed, wallets, rules_path, funding_scale, json_path, plot_path,
+        quiet, stream_items, **run_settings) -> None:
     """Start a fresh `switch serve` on 127.0.0.1, load it, report, stop it: one command."""
-    from switch.loadgen import RunSettings, e2e as e2e_module, fixture
+    from switch.loadgen import RunSettings, e2e as e2e_module
 
-    spec = fixture.FixtureSpec(seed=seed, payer_count=payers, merchant_count=merchants, wallet_count=wallets,
-                               rules_path=rules_path)
+    spec = _fixture_spec(seed=seed, payer_count=payers, merchant_count=merchants, wallet_count=wallets,
+                         rules_path=rules_path, funding_scale=funding_scale)
     settings = _settings(RunSettings, **run_settings)
     report = _guarded(lambda: e2e_module.run_e2e(directory, spec, settings, durability, stream_items,
                                                  progress=_progress(quiet)))

@@ -120,5 +120,5 @@ def _fixture_matches(workload_path: pathlib.Path, spec: fixture.FixtureSpec) -> 
     except ValueError:
         return False
     return (workload["seed"], workload["payers"], workload["merchants"], len(workload["wallets"]),
-            workload["rules_sha256"]) == (
-        spec.seed, spec.payer_count, spec.merchant_count, spec.wallet_count, spec.rules_sha256())
+            workload["funding_scale"], workload["rules_sha256"]) == (
+        spec.seed, spec.payer_count, spec.merchant_count, spec.wallet_count, spec.funding_scale, spec.rules_sha256())

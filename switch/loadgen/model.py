@@ -6,8 +6,9 @@ documented in bench/baselines/README.md), drawn in the same order from the same 
 test compares them draw for draw.  It is re-implemented here rather than imported because the
 load generator is part of the installed `switch` package, and bench/ is not.
 
-- `payer_count` payers, each funded with an opening balance: most 500.00-50,000.00, a few
-  (LOW_BALANCE_PERCENT) nearly empty so that some payments fail for insufficient funds;
+- `payer_count` payers, each funded with an opening balance: most 500.00-50,000.00 times
+  `funding_scale`, a few (LOW_BALANCE_PERCENT) nearly empty, unscaled, so that some payments fail
+  for insufficient funds;
 - `merchant_count` merchants chosen per payment Zipf-skewed (s = 1.1): rank 1 is the hottest;
 - each payment: a fresh 16-byte id, a uniformly chosen payer, a Zipf-chosen merchant and an
   amount of 1.00-2,000.00 (minor units 100-200,000); RETRY_PERCENT of payments instead repeat
@@ -36,6 +37,13 @@ PAYMENT_AMOUNT_MINOR_MIN = 100
 PAYMENT_AMOUNT_MINOR_MAX = 200_000
 RETRY_PERCENT = 1
 RETRY_WINDOW_COUNT = 1_000
+# A closed-loop run drains the unscaled balances within seconds, after which most answers are
+# refusals; a run funds the normal payers FUNDING_SCALE times more to keep measuring postings.
+FUNDING_SCALE_DEFAULT = 1
+# The largest total of opening balances: PostgreSQL's bigint (and TOML's integer), tighter than the
+# switch's u64.  Every balance of a run stays at or below the total issued, since payments only
+# move money that was issued.
+ISSUED_MINOR_MAX = 2**63 - 1
 # The baseline draws a fee rate per merchant (0-250 bps); the switch charges one rate per
 # currency, so the generated config uses this mid value for every currency (see fixture.py).
 FEE_BPS_MAX = 250
@@ -48,17 +56,44 @@ class BasePayment(NamedTuple):
     amount_minor: int
 
 
-def opening_balances_minor(seed: int, payer_count: int) -> list[int]:
-    """Every payer's opening balance, in the baseline's draw order (payers stream)."""
+def opening_balances_minor(seed: int, payer_count: int, funding_scale: int = FUNDING_SCALE_DEFAULT) -> list[int]:
+    """Every payer's opening balance, in the baseline's draw order (payers stream); the normally
+    funded ones times `funding_scale` (refused past funding_scale_max)."""
+    check_funding_scale(seed, payer_count, funding_scale)
+    return [minor * funding_scale if normal else minor for normal, minor in _drawn_openings(seed, payer_count)]
+
+
+def _drawn_openings(seed: int, payer_count: int) -> list[tuple[bool, int]]:
+    """(normally funded?, unscaled opening) per payer: the draws do not depend on the scale."""
     rng = random.Random(f"{seed}/payers")
-    balances = []
+    openings = []
     for _ in range(payer_count):
         if rng.randrange(100) < LOW_BALANCE_PERCENT:
-            balances.append(rng.randint(0, LOW_BALANCE_MINOR_MAX))
+            openings.append((False, rng.randint(0, LOW_BALANCE_MINOR_MAX)))
         else:
-            balances.append(rng.randint(OPENING_MINOR_MIN, OPENING_MINOR_MAX))
+            openings.append((True, rng.randint(OPENING_MINOR_MIN, OPENING_MINOR_MAX)))
         rng.randbytes(16)  # the baseline's opening transfer id: drawn to stay in step
-    return balances
+    return openings
+
+
+def funding_scale_max(seed: int, payer_count: int) -> int:
+    """The largest funding scale whose total of opening balances fits ISSUED_MINOR_MAX."""
+    openings = _drawn_openings(seed, payer_count)
+    normal_minor = sum(minor for normal, minor in openings if normal)
+    low_minor = sum(minor for normal, minor in openings if not normal)
+    if normal_minor == 0:   # nobody to scale: any scale issues the same total
+        return ISSUED_MINOR_MAX
+    return (ISSUED_MINOR_MAX - low_minor) // normal_minor
+
+
+def check_funding_scale(seed: int, payer_count: int, funding_scale: int) -> None:
+    if funding_scale < 1:
+        raise ValueError(f"funding scale {funding_scale}: must be at least 1")
+    scale_max = funding_scale_max(seed, payer_count)
+    if funding_scale > scale_max:
+        raise ValueError(f"funding scale {funding_scale}: the opening balances of {payer_count} payers (seed {seed}) "
+                         f"would total more than {ISSUED_MINOR_MAX} minor units (PostgreSQL bigint); "
+                         f"at most {scale_max}")
 
 
 def zipf_cumulative_weights(merchant_count: int) -> list[float]:
@@ -87,10 +122,10 @@ def base_payments(seed: int, payer_count: int, merchant_count: int) -> Iterator[
         yield payment
 
 
-def describe(seed: int, payer_count: int, merchant_count: int) -> dict:
+def describe(seed: int, payer_count: int, merchant_count: int, funding_scale: int = FUNDING_SCALE_DEFAULT) -> dict:
     """The model's parameters for a report; the same keys the baseline reports."""
     return {
         "seed": seed, "payers": payer_count, "merchants": merchant_count, "zipf_exponent": ZIPF_EXPONENT,
         "amount_minor_range": [PAYMENT_AMOUNT_MINOR_MIN, PAYMENT_AMOUNT_MINOR_MAX],
-        "retry_percent": RETRY_PERCENT, "low_balance_percent": LOW_BALANCE_PERCENT,
+        "retry_percent": RETRY_PERCENT, "low_balance_percent": LOW_BALANCE_PERCENT, "funding_scale": funding_scale,
     }

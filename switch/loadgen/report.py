@@ -45,8 +45,8 @@ def build(merged: Merged, settings: RunSettings, workload: dict, target: str, du
         "settings": dataclasses.asdict(settings),
         "offered_rate_per_s": settings.rate_per_s if settings.mode == "open" else None,
         "send_lag_us": latency_summary_us(merged.send_lag) if merged.send_lag.get_total_count() else None,
-        "workload": {key: workload[key] for key in ("seed", "payers", "merchants", "mix_per_mille", "fee_bps",
-                                                    "rules_sha256")}
+        "workload": {key: workload[key] for key in ("seed", "payers", "merchants", "funding_scale", "mix_per_mille",
+                                                    "fee_bps", "rules_sha256")}
                     | {"wallets": len(workload["wallets"]), "ledgers": workload["ledgers"]},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "timeline": timeline,

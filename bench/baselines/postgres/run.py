@@ -3,7 +3,7 @@ PostgreSQL ledger that posts each payment with one stored-function call.
 
     python -m bench.baselines.postgres.run --json OUT.json \\
         [--duration S --warmup S --connections C --payers N --merchants M --seed K \\
-         --payments-per-call K]
+         --payments-per-call K --funding-scale F]
 
 It starts a throwaway cluster on loopback (cluster.py), loads the schema and accounts
 (schema.py, schema.sql), runs a closed loop of C connections for the warm-up and the measured
@@ -13,6 +13,8 @@ the cluster, and writes the report in the shape the switch's own load generator 
 asyncpg cannot pipeline requests on one connection, so each connection has exactly one call in
 flight; concurrency comes from connections. `--payments-per-call K` posts K payments per call
 in one transaction (pay_batch): one WAL flush for K payments, PostgreSQL's best case.
+`--funding-scale F` multiplies the normally funded payers' opening balances (as the switch's
+`switch bench e2e --funding-scale F` does), so a long run keeps posting payments.
 """
 from __future__ import annotations
 
@@ -159,7 +161,7 @@ def _report(recorder: Recorder, workload: wl.Workload, arguments: argparse.Names
 
 
 async def run_benchmark(arguments: argparse.Namespace) -> dict:
-    workload = wl.Workload(arguments.seed, arguments.payers, arguments.merchants)
+    workload = wl.Workload(arguments.seed, arguments.payers, arguments.merchants, arguments.funding_scale)
     with pg_cluster.throwaway_cluster(arguments.connections, arguments.data_parent) as cluster:
         admin = await asyncpg.connect(cluster.dsn)
         try:
@@ -222,7 +224,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="payments per stored-function call and transaction (default 1)")
     parser.add_argument("--data-parent", metavar="DIR", default=None,
                         help="where the throwaway cluster's directory goes (default: the temp dir)")
-    return parser.parse_args(argv)
+    parser.add_argument("--funding-scale", type=_positive_int(wl.ISSUED_MINOR_MAX), default=wl.FUNDING_SCALE_DEFAULT,
+                        help="multiply the normally funded payers' opening balances by this (default %(default)s)")
+    arguments = parser.parse_args(argv)
+    try:   # refused before a cluster starts: a scale whose opening balances overflow bigint
+        wl.Workload(arguments.seed, arguments.payers, arguments.merchants, arguments.funding_scale)
+    except ValueError as error:
+        parser.error(str(error))
+    return arguments
 
 
 def _exit_on_signal(signal_number: int, frame) -> None:

@@ -69,6 +69,43 @@ def test_some_payments_are_exact_retries_of_recent_ones():
     assert all(len(p.transfer_id) == 16 and p.amount_minor > 0 for p in payments)
 
 
+def test_a_funding_scale_multiplies_normal_openings_and_leaves_the_nearly_empty_ones_and_the_draws():
+    plain, scaled = wl.Workload(seed=3, payer_count=400), wl.Workload(seed=3, payer_count=400, funding_scale=1000)
+    low_count = 0
+    for before, after in zip(plain.payers(), scaled.payers(), strict=True):
+        assert (after.account_id, after.opening_transfer_id) == (before.account_id, before.opening_transfer_id)
+        if before.opening_minor <= wl.LOW_BALANCE_MINOR_MAX:
+            low_count += 1
+            assert after.opening_minor == before.opening_minor
+        else:
+            assert after.opening_minor == before.opening_minor * 1000
+    assert low_count > 0        # insufficient funds still happen
+    assert list(itertools.islice(plain.payments(), 500)) == list(itertools.islice(scaled.payments(), 500))
+    assert scaled.describe()["funding_scale"] == 1000 and plain.describe()["funding_scale"] == 1
+
+
+def test_a_funding_scale_up_to_bigint_is_taken_and_one_more_is_refused():
+    scale_max = wl.Workload(seed=3, payer_count=400).funding_scale_max()
+    at_limit = wl.Workload(seed=3, payer_count=400, funding_scale=scale_max)
+    # The issuance account is debited the total: it must fit bigint, and one more scale would not.
+    issued_minor = sum(payer.opening_minor for payer in at_limit.payers())
+    assert issued_minor <= BALANCE_MINOR_MAX < issued_minor + sum(
+        payer.opening_minor // scale_max for payer in at_limit.payers() if payer.opening_minor >= wl.OPENING_MINOR_MIN)
+    with pytest.raises(ValueError, match=f"funding scale {scale_max + 1}: .* at most {scale_max}"):
+        wl.Workload(seed=3, payer_count=400, funding_scale=scale_max + 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        wl.Workload(seed=3, payer_count=400, funding_scale=0)
+
+
+def test_the_run_command_refuses_an_overflowing_funding_scale_before_starting(capsys):
+    scale_max = wl.Workload(seed=1, payer_count=200).funding_scale_max()
+    arguments = pg_run.parse_arguments(["--json", "x.json", "--payers", "200", "--funding-scale", str(scale_max)])
+    assert arguments.funding_scale == scale_max
+    with pytest.raises(SystemExit) as exit_info:
+        pg_run.parse_arguments(["--json", "x.json", "--payers", "200", "--funding-scale", str(scale_max + 1)])
+    assert exit_info.value.code == 2 and "PostgreSQL bigint" in capsys.readouterr().err
+
+
 def test_fee_is_rounded_down_in_minor_units():
     assert wl.fee_minor(10_000, 250) == 250
     assert wl.fee_minor(399, 250) == 9      # 9.975 rounds down
@@ -372,6 +409,19 @@ def test_a_short_run_writes_the_shared_report_shape(tmp_path, payments_per_call)
     assert set(report["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
     assert report["latency_us"]["p50"] <= report["latency_us"]["p99"] <= report["latency_us"]["max"]
     assert report["workload"]["payments_per_call"] == payments_per_call
+    assert report["workload"]["funding_scale"] == 1
+
+
+@needs_server
+def test_a_ledger_funded_at_the_largest_scale_loads_posts_and_keeps_its_invariants(tmp_path):
+    # The issuance account's debits reach bigint's limit minus less than one scale step: loading
+    # must not overflow, and a run must post payments with debits still equal to credits.
+    scale_max = wl.Workload(seed=1, payer_count=200).funding_scale_max()
+    out = tmp_path / "report.json"
+    assert pg_run.main(["--json", str(out), "--duration", "0.5", "--warmup", "0.1", "--connections", "2",
+                        "--payers", "200", "--merchants", "20", "--funding-scale", str(scale_max)]) == 0
+    report = json.loads(out.read_text())
+    assert report["workload"]["funding_scale"] == scale_max and report["by_code"]["OK"] > 0
 
 
 @pytest.fixture

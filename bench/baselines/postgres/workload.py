@@ -9,8 +9,8 @@ The workload (docs in bench/baselines/README.md):
 
 - one ledger (356, INR), one fee account, one issuance account that funds the wallets;
 - `payer_count` wallet accounts that may not go below zero, funded by an opening transfer:
-  most with 500.00-50,000.00, a few (LOW_BALANCE_PERCENT) nearly empty so that some payments
-  are refused for insufficient funds, as happens in real traffic;
+  most with 500.00-50,000.00 times `funding_scale`, a few (LOW_BALANCE_PERCENT) nearly empty,
+  unscaled, so that some payments are refused for insufficient funds, as happens in real traffic;
 - `merchant_count` merchant accounts, each with a fee of 0-250 basis points, chosen per payment
   Zipf-skewed (s = 1.1): merchant rank 1 (the lowest id) is the hottest;
 - each payment: a fresh 16-byte id, a uniformly chosen payer, a Zipf-chosen merchant and an
@@ -56,6 +56,13 @@ PAYMENT_AMOUNT_MINOR_MIN = 100
 PAYMENT_AMOUNT_MINOR_MAX = 200_000
 RETRY_PERCENT = 1
 RETRY_WINDOW_COUNT = 1_000
+# A closed-loop run drains the unscaled balances within seconds, after which most answers are
+# refusals; a run funds the normal payers FUNDING_SCALE times more to keep measuring postings.
+FUNDING_SCALE_DEFAULT = 1
+# The largest total of opening balances: PostgreSQL's bigint, tighter than the switch's u64.  The
+# issuance account is debited that total, and every other balance stays at or below it, since
+# payments only move money that was issued.
+ISSUED_MINOR_MAX = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,12 +96,31 @@ class Workload:
     seed: int = SEED_DEFAULT
     payer_count: int = PAYER_COUNT_DEFAULT
     merchant_count: int = MERCHANT_COUNT_DEFAULT
+    funding_scale: int = FUNDING_SCALE_DEFAULT
 
     def __post_init__(self) -> None:
         if self.payer_count < 1 or self.merchant_count < 1:
             raise ValueError("a workload needs at least one payer and one merchant")
         if self.merchant_count >= PAYER_ACCOUNT_ID_BASE - MERCHANT_ACCOUNT_ID_BASE:
             raise ValueError("merchant ids would run into payer ids")
+        if self.funding_scale < 1:
+            raise ValueError(f"funding scale {self.funding_scale}: must be at least 1")
+        scale_max = self.funding_scale_max()
+        if self.funding_scale > scale_max:
+            raise ValueError(f"funding scale {self.funding_scale}: the opening balances of {self.payer_count} payers "
+                             f"(seed {self.seed}) would total more than {ISSUED_MINOR_MAX} minor units "
+                             f"(PostgreSQL bigint); at most {scale_max}")
+
+    def funding_scale_max(self) -> int:
+        """The largest funding scale whose total of opening balances fits ISSUED_MINOR_MAX."""
+        rng = random.Random(f"{self.seed}/payers")
+        unscaled = [self._payer(rng, index).opening_minor for index in range(self.payer_count)]
+        # A normal opening is at least OPENING_MINOR_MIN, a low one at most LOW_BALANCE_MINOR_MAX, below it.
+        normal_minor = sum(minor for minor in unscaled if minor >= OPENING_MINOR_MIN)
+        low_minor = sum(minor for minor in unscaled if minor < OPENING_MINOR_MIN)
+        if normal_minor == 0:   # nobody to scale: any scale issues the same total
+            return ISSUED_MINOR_MAX
+        return (ISSUED_MINOR_MAX - low_minor) // normal_minor
 
     def describe(self) -> dict:
         """The workload's parameters, for a benchmark report."""
@@ -103,18 +129,20 @@ class Workload:
             "zipf_exponent": ZIPF_EXPONENT, "ledger": LEDGER, "fee_bps_max": FEE_BPS_MAX,
             "amount_minor_range": [PAYMENT_AMOUNT_MINOR_MIN, PAYMENT_AMOUNT_MINOR_MAX],
             "retry_percent": RETRY_PERCENT, "low_balance_percent": LOW_BALANCE_PERCENT,
+            "funding_scale": self.funding_scale,
         }
 
     def payers(self) -> list[Payer]:
         rng = random.Random(f"{self.seed}/payers")
-        return [self._payer(rng, index) for index in range(self.payer_count)]
+        return [self._payer(rng, index, self.funding_scale) for index in range(self.payer_count)]
 
     @staticmethod
-    def _payer(rng: random.Random, index: int) -> Payer:
+    def _payer(rng: random.Random, index: int, funding_scale: int = 1) -> Payer:
+        # The same draws whatever the scale: only the normally funded balance is multiplied.
         if rng.randrange(100) < LOW_BALANCE_PERCENT:
             opening_minor = rng.randint(0, LOW_BALANCE_MINOR_MAX)
         else:
-            opening_minor = rng.randint(OPENING_MINOR_MIN, OPENING_MINOR_MAX)
+            opening_minor = rng.randint(OPENING_MINOR_MIN, OPENING_MINOR_MAX) * funding_scale
         return Payer(PAYER_ACCOUNT_ID_BASE + 1 + index, opening_minor, rng.randbytes(16))
 
     def merchants(self) -> list[Merchant]:
