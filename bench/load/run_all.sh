@@ -7,7 +7,9 @@
 #   bench/load/run_all.sh [OUT] [PAYERS] [MERCHANTS]
 #
 # Environment: DURATION (s, default 10), WARMUP (s, default 2), PYTHON (default .venv/bin/python),
-# RULES (a rule set for the switch, e.g. switch/demo/rules.toml; default none).
+# RULES (a rule set for the switch, e.g. switch/demo/rules.toml; default none), FUNDING_SCALE
+# (the normally funded payers' opening balances times this, default 1000: at the model's own
+# balances a closed loop drains them within seconds and then mostly measures refusals).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-var/bench-load}
@@ -19,15 +21,17 @@ MERCHANTS=${3:-1000}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 PYTHON=${PYTHON:-.venv/bin/python}
+FUNDING_SCALE=${FUNDING_SCALE:-1000}
 FIXTURE="$OUT/fixture"
 mkdir -p "$OUT"
 bench() { "$PYTHON" -m switch bench "$@"; }
 common=(--warmup "$WARMUP" --duration "$DURATION" --connections 16)
 rules=()
 if [ -n "${RULES:-}" ]; then rules=(--rules "$RULES"); fi
+fixture_options=(--payers "$PAYERS" --merchants "$MERCHANTS" --funding-scale "$FUNDING_SCALE")
 
 # 1. The ceiling: the generator (CPU 0) against a peer that answers without work (CPU 1).
-bench workload --out "$FIXTURE" --payers "$PAYERS" --merchants "$MERCHANTS" "${rules[@]}"
+bench workload --out "$FIXTURE" "${fixture_options[@]}" "${rules[@]}"
 port=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # Not through the `bench` function: $! must be the peer's own pid for the kill below.
 "$PYTHON" -m switch bench echo --port "$port" --cpu 1 > "$OUT/echo.log" 2>&1 &
@@ -53,12 +57,12 @@ kill "$echo_pid"; trap - EXIT
 
 # 2. The switch: a fresh `switch serve` per run, pinned to the other CPU.
 for durability in fsync os; do
-    bench e2e --dir "$FIXTURE" --durability "$durability" --payers "$PAYERS" --merchants "$MERCHANTS" \
+    bench e2e --dir "$FIXTURE" --durability "$durability" "${fixture_options[@]}" \
         "${rules[@]}" "${common[@]}" --depth 64 --json "$OUT/switch-$durability-single.json" --plot "$OUT/switch-$durability-single.png"
-    bench e2e --dir "$FIXTURE" --durability "$durability" --payers "$PAYERS" --merchants "$MERCHANTS" \
+    bench e2e --dir "$FIXTURE" --durability "$durability" "${fixture_options[@]}" \
         "${rules[@]}" "${common[@]}" --depth 4 --batch 256 --json "$OUT/switch-$durability-batch.json" \
         --plot "$OUT/switch-$durability-batch.png"
-    bench e2e --dir "$FIXTURE" --durability "$durability" --payers "$PAYERS" --merchants "$MERCHANTS" \
+    bench e2e --dir "$FIXTURE" --durability "$durability" "${fixture_options[@]}" \
         "${rules[@]}" "${common[@]}" --mode open --rate 10000 --json "$OUT/switch-$durability-open10k.json" \
         --plot "$OUT/switch-$durability-open10k.png"
 done
