@@ -92,8 +92,16 @@ ctypedef struct CRule:
     IdSet members
 
 
+# One bucket of an _Lru's open-addressing index: a key and its slot + 1 (0: the bucket is empty,
+# so a calloc'd index is an empty one).
+ctypedef struct LruBucket:
+    uint64_t key
+    uint32_t slot_plus_one
+
+
 cdef class _Lru:
-    cdef dict index
+    cdef LruBucket* buckets         # power-of-two count >= 2 * capacity, linear probing
+    cdef uint32_t bucket_mask
     cdef int32_t* prev
     cdef int32_t* next
     cdef uint64_t* keys
@@ -102,10 +110,12 @@ cdef class _Lru:
     cdef int32_t size
     cdef int32_t capacity
     cdef uint64_t evictions
-    cdef int32_t find(self, uint64_t key) except -2
-    cdef int32_t touch(self, uint64_t key, bint* fresh) except -2
-    cdef void _unlink(self, int32_t slot) noexcept
-    cdef void _push_tail(self, int32_t slot) noexcept
+    cdef int32_t find(self, uint64_t key) noexcept nogil
+    cdef int32_t touch(self, uint64_t key, bint* fresh) noexcept nogil
+    cdef uint32_t _bucket_of(self, uint64_t key) noexcept nogil
+    cdef void _bucket_remove(self, uint32_t at) noexcept nogil
+    cdef void _unlink(self, int32_t slot) noexcept nogil
+    cdef void _push_tail(self, int32_t slot) noexcept nogil
 
 
 cdef class RuleEngine:

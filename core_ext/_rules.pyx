@@ -3,7 +3,7 @@
 core_ext/reference/rules.py (read that first: it is the spec in plain Python).
 
 Per payment, `evaluate_struct` runs every rule of the set over C structs: the
-state of the payer, payee and device is found through one dict lookup each and
+state of the payer, payee and device is found through one C hash probe each and
 read in place; nothing is allocated.  The fired rules come back as a u64 mask
 (at most RULES_PER_SET_MAX = 64 rules), turned into a Decision only at the
 Python boundary.
@@ -359,30 +359,63 @@ cdef int context_from_object(object ctx, PaymentCtx* out) except -1:
 
 @cython.final
 cdef class _Lru:
-    """key -> slot, with the slots in a doubly linked list from least to most recently used."""
+    """key -> slot, with the slots in a doubly linked list from least to most recently used.
+
+    The index is an open-addressing hash table in C (docs/PROFILING.md section 8: the dict of
+    boxed keys it replaces was a third of a payment's instructions).  Linear probing from
+    mix64(key), at least twice as many buckets as slots so a probe stays short; an evicted key
+    leaves by backward shift, so there are no tombstones and a lookup never degrades."""
 
     def __cinit__(self, int32_t capacity):
-        self.index = {}
+        cdef uint64_t bucket_count = 1
+        if capacity < 1:
+            raise ValueError(f"_Lru capacity must be at least 1, not {capacity}")
+        while bucket_count < 2 * <uint64_t>capacity:
+            bucket_count <<= 1
         self.capacity = capacity
+        self.bucket_mask = <uint32_t>(bucket_count - 1)
+        self.buckets = <LruBucket*>calloc(bucket_count, sizeof(LruBucket))
         self.prev = <int32_t*>calloc(capacity, sizeof(int32_t))
         self.next = <int32_t*>calloc(capacity, sizeof(int32_t))
         self.keys = <uint64_t*>calloc(capacity, sizeof(uint64_t))
-        if self.prev == NULL or self.next == NULL or self.keys == NULL:
+        if self.buckets == NULL or self.prev == NULL or self.next == NULL or self.keys == NULL:
             raise MemoryError()
         self.head = self.tail = -1
         self.size = 0
         self.evictions = 0
 
     def __dealloc__(self):
+        free(self.buckets)
         free(self.prev)
         free(self.next)
         free(self.keys)
 
-    cdef int32_t find(self, uint64_t key) except -2:
-        slot = self.index.get(key)
-        return -1 if slot is None else <int32_t>slot
+    cdef uint32_t _bucket_of(self, uint64_t key) noexcept nogil:
+        """The bucket holding `key`, or the empty bucket that ends its probe (where it would go)."""
+        cdef uint32_t at = <uint32_t>mix64(key) & self.bucket_mask
+        while self.buckets[at].slot_plus_one and self.buckets[at].key != key:
+            at = (at + 1) & self.bucket_mask
+        return at
 
-    cdef void _unlink(self, int32_t slot) noexcept:
+    cdef int32_t find(self, uint64_t key) noexcept nogil:
+        """The slot of `key`, or -1."""
+        return <int32_t>self.buckets[self._bucket_of(key)].slot_plus_one - 1
+
+    cdef void _bucket_remove(self, uint32_t at) noexcept nogil:
+        """Empty bucket `at`, shifting back each later bucket of the run whose home is not
+        cyclically in (at, later]: every key stays reachable from its home without tombstones."""
+        cdef uint32_t later = at, home
+        while True:
+            later = (later + 1) & self.bucket_mask
+            if not self.buckets[later].slot_plus_one:
+                break
+            home = <uint32_t>mix64(self.buckets[later].key) & self.bucket_mask
+            if ((later - home) & self.bucket_mask) >= ((later - at) & self.bucket_mask):
+                self.buckets[at] = self.buckets[later]
+                at = later
+        self.buckets[at].slot_plus_one = 0
+
+    cdef void _unlink(self, int32_t slot) noexcept nogil:
         if self.prev[slot] >= 0:
             self.next[self.prev[slot]] = self.next[slot]
         else:
@@ -392,7 +425,7 @@ cdef class _Lru:
         else:
             self.tail = self.prev[slot]
 
-    cdef void _push_tail(self, int32_t slot) noexcept:
+    cdef void _push_tail(self, int32_t slot) noexcept nogil:
         self.prev[slot] = self.tail
         self.next[slot] = -1
         if self.tail >= 0:
@@ -401,9 +434,10 @@ cdef class _Lru:
             self.head = slot
         self.tail = slot
 
-    cdef int32_t touch(self, uint64_t key, bint* fresh) except -2:
+    cdef int32_t touch(self, uint64_t key, bint* fresh) noexcept nogil:
         """The slot of `key`, now the most recent; a new key takes a free slot or the least recent one."""
-        cdef int32_t slot = self.find(key)
+        cdef uint32_t at = self._bucket_of(key)
+        cdef int32_t slot = <int32_t>self.buckets[at].slot_plus_one - 1
         if slot >= 0:
             if slot != self.tail:
                 self._unlink(slot)
@@ -416,10 +450,12 @@ cdef class _Lru:
         else:
             slot = self.head
             self._unlink(slot)
-            del self.index[self.keys[slot]]
+            self._bucket_remove(self._bucket_of(self.keys[slot]))
             self.evictions += 1
+            at = self._bucket_of(key)          # the removal may have shifted buckets into the probe
         self.keys[slot] = key
-        self.index[key] = slot
+        self.buckets[at].key = key
+        self.buckets[at].slot_plus_one = <uint32_t>slot + 1
         self._push_tail(slot)
         fresh[0] = True
         return slot
@@ -725,8 +761,7 @@ cdef class RuleEngine:
         return check_simple(rule, c, payer)
 
     cdef void evaluate_struct(self, const PaymentCtx* given, DecisionOut* out):
-        """Decide one payment; touches no state but the per-rule counters.
-        A dict lookup cannot fail for an int key, so errors are not expected here."""
+        """Decide one payment; touches no state but the per-rule counters."""
         # A copy with the amount in the rule set's currency, derived here so no caller can forget it.
         cdef PaymentCtx converted = given[0]
         converted.amount_reference_minor = rules_reference_minor(
