@@ -887,18 +887,29 @@ cdef inline bint sub_present(Ctx* c, int tag, int sub) noexcept nogil:
     return find_sub(c, tag, sub, &start, &end)
 
 
+cdef int next_template(Ctx* c, int* slot, int kind) noexcept nogil:
+    """The next merchant account template (26-51) of profile `kind` at or after root slot *slot,
+    or 0 when there is none; advances *slot past it.  Root tags are held in ascending order, so
+    the walk stops at the first tag past the templates."""
+    cdef int tag
+    while slot[0] < c.root_count:
+        tag = c.root_tags[slot[0]]
+        slot[0] += 1
+        if tag >= 52:
+            slot[0] = c.root_count
+            return 0
+        if tag >= 26 and has(&c.root, tag) and template_kind(c, tag) == kind:
+            return tag
+    return 0
+
+
 cdef int rules_promptpay(Ctx* c) noexcept nogil:
     cdef int slot
     cdef int tag, rc
     rc = check_currency_and_country(c, 764, 764, b"TH")
-    for slot in range(c.root_count):
-        tag = c.root_tags[slot]
-        if tag < 26:
-            continue
-        if tag >= 52:
-            break
-        if rc or not has(&c.root, tag) or template_kind(c, tag) != P_PROMPTPAY:
-            continue
+    slot = 0
+    tag = next_template(c, &slot, P_PROMPTPAY)
+    while tag and not rc:
         if sub_is(c, tag, 0, G_PROMPTPAY):
             if not (sub_present(c, tag, 1) or sub_present(c, tag, 2) or sub_present(c, tag, 3)
                     or sub_present(c, tag, 4)):
@@ -908,6 +919,7 @@ cdef int rules_promptpay(Ctx* c) noexcept nogil:
             if not sub_present(c, tag, 1):
                 return fail(c, CODE_QR_MISSING_TAG, 2, tag, 1, 0)
             rc = digits_of(c, tag, 1, 15) or sub_too_long(c, tag, 2, 20) or sub_too_long(c, tag, 3, 20)
+        tag = next_template(c, &slot, P_PROMPTPAY)
     return rc
 
 
@@ -917,14 +929,9 @@ cdef int rules_paynow(Ctx* c) noexcept nogil:
     cdef int32_t start, end
     cdef bint editable_given, editable_yes
     rc = check_currency_and_country(c, 702, 702, b"SG")
-    for slot in range(c.root_count):
-        tag = c.root_tags[slot]
-        if tag < 26:
-            continue
-        if tag >= 52:
-            break
-        if rc or not has(&c.root, tag) or template_kind(c, tag) != P_PAYNOW:
-            continue
+    slot = 0
+    tag = next_template(c, &slot, P_PAYNOW)
+    while tag and not rc:
         if not (sub_is(c, tag, 1, b"0") or sub_is(c, tag, 1, b"2")):
             return fail(c, CODE_QR_BAD_ACCOUNT, 2, tag, 1, 0)
         if not sub_present(c, tag, 2):
@@ -937,6 +944,7 @@ cdef int rules_paynow(Ctx* c) noexcept nogil:
             return fail(c, CODE_QR_PROFILE_RULE, 2, tag, 3, 0)
         if find_sub(c, tag, 4, &start, &end):
             rc = paynow_expiry(c, start, end, tag)
+        tag = next_template(c, &slot, P_PAYNOW)
     return rc
 
 
@@ -991,14 +999,12 @@ assert _PAYNOW_UTC_OFFSET_S == _tables.PAYNOW_UTC_OFFSET_S
 cdef int rules_sub_required(Ctx* c, int kind, int sub) noexcept nogil:
     cdef int slot
     cdef int tag
-    for slot in range(c.root_count):
-        tag = c.root_tags[slot]
-        if tag < 26:
-            continue
-        if tag >= 52:
-            break
-        if has(&c.root, tag) and template_kind(c, tag) == kind and not sub_present(c, tag, sub):
+    slot = 0
+    tag = next_template(c, &slot, kind)
+    while tag:
+        if not sub_present(c, tag, sub):
             return fail(c, CODE_QR_MISSING_TAG, 2, tag, sub, 0)
+        tag = next_template(c, &slot, kind)
     return 0
 
 
@@ -1007,14 +1013,9 @@ cdef int rules_vietqr(Ctx* c) noexcept nogil:
     cdef int tag, rc
     cdef int32_t start, end, bank_start, bank_end, account_start, account_end
     rc = check_currency_and_country(c, 704, 704, b"VN")
-    for slot in range(c.root_count):
-        tag = c.root_tags[slot]
-        if tag < 26:
-            continue
-        if tag >= 52:
-            break
-        if rc or not has(&c.root, tag) or template_kind(c, tag) != P_VIETQR:
-            continue
+    slot = 0
+    tag = next_template(c, &slot, P_VIETQR)
+    while tag and not rc:
         if not find_sub(c, tag, 1, &start, &end):
             return fail(c, CODE_QR_MISSING_TAG, 2, tag, 1, 0)
         rc = scan(c, start, end, 2, tag, 1, False, &c.scratch)
@@ -1029,6 +1030,7 @@ cdef int rules_vietqr(Ctx* c) noexcept nogil:
         if find_sub(c, tag, 2, &start, &end) and not (span_is(c, start, end, b"QRIBFTTA")
                                                        or span_is(c, start, end, b"QRIBFTTC")):
             return fail(c, CODE_QR_BAD_FIELD_VALUE, 2, tag, 2, 0)
+        tag = next_template(c, &slot, P_VIETQR)
     return rc
 
 
@@ -1036,16 +1038,12 @@ cdef int rules_khqr(Ctx* c) noexcept nogil:
     cdef int slot
     cdef int tag, rc
     rc = check_currency_and_country(c, 116, 840, b"KH")
-    for slot in range(c.root_count):
-        tag = c.root_tags[slot]
-        if tag < 26:
-            continue
-        if tag >= 52:
-            break
-        if rc or not has(&c.root, tag) or template_kind(c, tag) != P_KHQR:
-            continue
+    slot = 0
+    tag = next_template(c, &slot, P_KHQR)
+    while tag and not rc:
         rc = sub_too_long(c, tag, 1, LIMIT_QR_GUID_CHARS_MAX) or \
             sub_too_long(c, tag, 2, LIMIT_QR_GUID_CHARS_MAX)
+        tag = next_template(c, &slot, P_KHQR)
     if rc:
         return rc
     if has(&c.root, 15) and c.verdict.currency == 840:
@@ -1081,18 +1079,14 @@ cdef int rules_pix(Ctx* c) noexcept nogil:
     cdef int tag
     cdef int32_t start, end, index
     cdef int rc = check_currency_and_country(c, 986, 986, b"BR")
-    for slot in range(c.root_count):
-        tag = c.root_tags[slot]
-        if tag < 26:
-            continue
-        if tag >= 52:
-            break
-        if rc or not has(&c.root, tag) or template_kind(c, tag) != P_PIX:
-            continue
+    slot = 0
+    tag = next_template(c, &slot, P_PIX)
+    while tag and not rc:
         if find_sub(c, tag, 25, &start, &end):
             for index in range(start, end - 2):
                 if memcmp(c.data + index, b"://", 3) == 0:   # the location URL has no scheme
                     return fail(c, CODE_QR_PROFILE_RULE, 2, tag, 25, 0)
+        tag = next_template(c, &slot, P_PIX)
     return rc
 
 
