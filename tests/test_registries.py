@@ -1,7 +1,10 @@
 """The one registry of result codes and the one home of limits stay true to the docs."""
+import os
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 import core_ext
 from core_ext import codes, limits
@@ -44,3 +47,17 @@ def test_switch_help_lists_the_commands():
     result = subprocess.run([sys.executable, "-m", "switch", "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
+
+
+def test_switch_purepython_selects_the_reference_twin_for_a_whole_process():
+    probe = "import core_ext; print(core_ext.core.build_info()['implementation'])"
+    for setting, expected in (("1", "reference"), ("", "compiled"), ("0", "compiled")):
+        env = {**os.environ, "SWITCH_PUREPYTHON": setting}
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected, (setting, result.stdout)
+
+
+def test_an_unknown_implementation_name_is_refused():
+    with pytest.raises(ValueError, match="no core implementation named"):
+        core_ext.implementation("fast")
