@@ -33,6 +33,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from core_ext._ledger cimport AccountC, Ledger, TransferC
 from core_ext._qr cimport (
     QR_SCHEME_BHARAT_PRIMITIVE, QR_SCHEME_FROM_TEXT, QR_SCHEME_PRIMITIVE, QrKey, QrSpan, QrVerdict, qr_validate,
+    utf8_valid,
 )
 from core_ext._rules cimport DecisionOut, PaymentCtx, RuleEngine
 
@@ -292,44 +293,6 @@ cdef inline Py_ssize_t read_array(Reader* r) noexcept nogil:
     return -1
 
 
-cdef bint utf8_strict(const unsigned char* data, Py_ssize_t size) noexcept nogil:
-    """Valid UTF-8 as Python's strict decoder sees it (no surrogates, no overlongs, <= U+10FFFF)."""
-    cdef Py_ssize_t index = 0
-    cdef unsigned char lead, second
-    cdef int extra, step
-    cdef uint64_t word
-    while index < size:
-        lead = data[index]
-        if lead < 0x80:
-            # QR payloads are mostly ASCII: step over eight such bytes at a time.
-            if index + 8 <= size:
-                memcpy(&word, data + index, 8)
-                if word & 0x8080808080808080ULL == 0:
-                    index += 8
-                    continue
-            index += 1
-            continue
-        if 0xC2 <= lead <= 0xDF:
-            extra = 1
-        elif 0xE0 <= lead <= 0xEF:
-            extra = 2
-        elif 0xF0 <= lead <= 0xF4:
-            extra = 3
-        else:
-            return False
-        if index + extra >= size:
-            return False
-        second = data[index + 1]
-        if (lead == 0xE0 and second < 0xA0) or (lead == 0xED and second > 0x9F) \
-                or (lead == 0xF0 and second < 0x90) or (lead == 0xF4 and second > 0x8F):
-            return False
-        for step in range(1, extra + 1):
-            if data[index + step] & 0xC0 != 0x80:
-                return False
-        index += extra + 1
-    return True
-
-
 cdef inline int read_str(Reader* r, const unsigned char** text, int32_t* size) noexcept nogil:
     """1: a str within string_bytes_max, valid UTF-8; 0: nil; -1: anything else."""
     cdef unsigned char lead
@@ -351,7 +314,7 @@ cdef inline int read_str(Reader* r, const unsigned char** text, int32_t* size) n
         start = r.position + 3
     else:
         return -1
-    if length > <Py_ssize_t>LIMIT_STRING_BYTES_MAX or start + length > r.size or not utf8_strict(r.data + start, length):
+    if length > <Py_ssize_t>LIMIT_STRING_BYTES_MAX or start + length > r.size or not utf8_valid(r.data + start, length):
         return -1
     text[0] = r.data + start
     size[0] = <int32_t>length
@@ -496,7 +459,7 @@ cdef Py_ssize_t percent_decode(const unsigned char* data, Py_ssize_t size, unsig
             out[written] = data[index]
             index += 1
         written += 1
-    return written if utf8_strict(out, written) else -1
+    return written if utf8_valid(out, written) else -1
 
 
 cdef inline int hex_value(unsigned char byte) noexcept:

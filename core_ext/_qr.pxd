@@ -55,6 +55,9 @@ cdef struct QrVerdict:
     QrKey keys[QR_KEYS_CAPACITY]
 
 
+# Well-formed UTF-8 as Python's strict decoder sees it; shared with the pipeline's msgpack reader.
+cdef bint utf8_valid(const unsigned char* data, Py_ssize_t size) noexcept nogil
+
 # Validate `size` bytes of payload into `verdict`; returns verdict.code.
 cdef int qr_validate(const unsigned char* data, Py_ssize_t size, int64_t now_s,
                      QrVerdict* verdict) noexcept nogil
