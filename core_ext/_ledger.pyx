@@ -520,6 +520,15 @@ def _check_now(now_ns):
         raise ValueError(f"now_ns must be 0..2^63-1 nanoseconds since the epoch, not {now_ns!r}")
 
 
+cdef int _raise_for_status(int status, str operation) except -1:
+    """The Python exception for a status of the nogil batch API (0 ok, -1 out of memory, -2 bad arguments)."""
+    if status == -2:
+        raise ValueError(f"{operation}: count past batch_events_max or now_ns past the clock")
+    if status < 0:
+        raise MemoryError("ledger: out of memory; earlier chains of this batch were applied: reload")
+    return 0
+
+
 @cython.final
 cdef class Ledger:
     """Accounts and transfers in C arrays; a journaled component named "ledger".
@@ -824,12 +833,7 @@ cdef class Ledger:
 
     cdef int create_transfers_c(self, TransferC* events, uint16_t* results, Py_ssize_t count,
                                 uint64_t now_ns) except -1:
-        cdef int status = self.create_transfers_nogil(events, results, count, now_ns)
-        if status == -2:
-            raise ValueError("create_transfers_c: count past batch_events_max or now_ns past the clock")
-        if status < 0:
-            raise MemoryError("ledger: out of memory; earlier chains of this batch were applied: reload")
-        return 0
+        return _raise_for_status(self.create_transfers_nogil(events, results, count, now_ns), "create_transfers_c")
 
     cdef int create_accounts_nogil(self, AccountC* events, uint16_t* results, Py_ssize_t count,
                                    uint64_t now_ns) noexcept nogil:
@@ -843,12 +847,7 @@ cdef class Ledger:
 
     cdef int create_accounts_c(self, AccountC* events, uint16_t* results, Py_ssize_t count,
                                uint64_t now_ns) except -1:
-        cdef int status = self.create_accounts_nogil(events, results, count, now_ns)
-        if status == -2:
-            raise ValueError("create_accounts_c: count past batch_events_max or now_ns past the clock")
-        if status < 0:
-            raise MemoryError("ledger: out of memory; earlier chains of this batch were applied: reload")
-        return 0
+        return _raise_for_status(self.create_accounts_nogil(events, results, count, now_ns), "create_accounts_c")
 
     def create_accounts(self, accounts, now_ns):
         """One code per account (0 = created).  More than BATCH_EVENTS_MAX: every one BATCH_TOO_LARGE."""
