@@ -176,6 +176,7 @@ cdef class Ledger:
     cdef int _run_batch(self, bint is_transfer, void* events, uint16_t* precodes, uint8_t* linked,
                         Py_ssize_t count, uint16_t* results, uint64_t now_ns) noexcept nogil
     cdef int _reserve(self, Py_ssize_t accounts_more, Py_ssize_t transfers_more) noexcept nogil
+    cdef bint _has_room(self, Py_ssize_t accounts_more, Py_ssize_t transfers_more) noexcept nogil
     cdef int64_t _find_account(self, uint64_t account_id) noexcept nogil
     cdef int64_t _find_transfer(self, uint64_t id_lo, uint64_t id_hi) noexcept nogil
     cdef int _create_account(self, AccountC* a, uint64_t now_ns) noexcept nogil

@@ -142,10 +142,15 @@ cdef void _advise_huge_pages(void* address, size_t size) noexcept nogil:
         madvise(<void*>start, end - start, MADV_HUGEPAGE)    # advice only: failure changes nothing
 
 
-cdef int _grow(void** array, Py_ssize_t* capacity, Py_ssize_t needed, size_t item_size) noexcept nogil:
-    """Make room for `needed` items, doubling; -1 when out of memory (the array is unchanged)."""
+cdef inline int _grow(void** array, Py_ssize_t* capacity, Py_ssize_t needed, size_t item_size) noexcept nogil:
+    """Make room for `needed` items, doubling; -1 when out of memory (the array is unchanged).
+    Inline for the common case, room already: it is asked several times per transfer."""
     if needed <= capacity[0]:
         return 0
+    return _grow_by_doubling(array, capacity, needed, item_size)
+
+
+cdef int _grow_by_doubling(void** array, Py_ssize_t* capacity, Py_ssize_t needed, size_t item_size) noexcept nogil:
     cdef Py_ssize_t new_capacity = capacity[0] * 2 if capacity[0] else 64
     while new_capacity < needed:
         new_capacity *= 2
@@ -598,6 +603,8 @@ cdef class Ledger:
 
     cdef int _reserve(self, Py_ssize_t accounts_more, Py_ssize_t transfers_more) noexcept nogil:
         """Room for this many more rows, so nothing moves or rehashes inside a batch."""
+        if self._has_room(accounts_more, transfers_more):
+            return 0                  # the usual case (each payment is a batch): no sizes to work out
         if _grow(<void**>&self.accounts, &self.account_capacity, self.account_rows + accounts_more,
                  sizeof(AccountC)) < 0:
             return -1
@@ -615,6 +622,14 @@ cdef class Ledger:
         if (self.transfer_slots == NULL or slots > self.transfer_mask + 1) and self._rehash_transfers(slots) < 0:
             return -1
         return 0
+
+    cdef bint _has_room(self, Py_ssize_t accounts_more, Py_ssize_t transfers_more) noexcept nogil:
+        """True when _reserve would change nothing: the rows fit, and each index stays at most half full."""
+        cdef Py_ssize_t accounts = self.account_rows + accounts_more, transfers = self.transfer_rows + transfers_more
+        return (accounts <= self.account_capacity and transfers <= self.transfer_capacity
+                and self.account_slots != NULL and self.transfer_slots != NULL
+                and <uint64_t>(2 * accounts) <= self.account_mask + 1
+                and <uint64_t>(2 * transfers) <= self.transfer_mask + 1)
 
     cdef int _rehash_accounts(self, uint64_t slot_count) noexcept nogil:
         cdef int64_t* slots = <int64_t*>calloc(slot_count, sizeof(int64_t))

@@ -43,7 +43,7 @@ cdef enum:
 # A static code seen before: its verdict (no expiry, so it cannot change with the clock) and
 # merchant, keyed by the exact payload bytes.  Emptied when the merchant mirror is rebuilt.
 cdef struct QrCacheC:
-    uint64_t digest
+    uint64_t digest                      # the payload's digest_u64, handed to each hit
     int32_t payload_bytes                # 0: an empty slot
     int32_t merchant
     bint has_amount
@@ -76,6 +76,14 @@ cdef struct ParticipantC:
     bint bucket_started
     int64_t tokens
     int64_t updated_ns
+
+
+# The part of a sampled payment's decide-and-post being timed (_pipeline.pyx, part_switch).
+cdef struct PartClock:
+    bint on                          # this payment is sampled
+    int part                         # PART_RULES or PART_POST
+    uint64_t part_ns[2]              # this payment's time so far per part
+    uint64_t since_ns
 
 
 cdef struct RuleAuditC:
@@ -135,7 +143,8 @@ cdef class Pipeline:
     cdef Out _response
     cdef list _holds
     # stage clocks (ns) and counts
-    cdef uint64_t stage_ns[4]
+    cdef uint64_t stage_ns[4]            # decode, qr, decide-and-post, respond: every call
+    cdef uint64_t part_sampled_ns[2]     # rules, post: decide-and-post's parts on the sampled payments
     cdef uint64_t payments
     cdef uint64_t calls
     cdef uint64_t fast_decodes
@@ -160,7 +169,8 @@ cdef class Pipeline:
     cdef Py_ssize_t _load_items(self, items) except -1
     cdef int _execute(self, participant_id, Py_ssize_t count, int64_t now_ns) except -1
     cdef void _qr_stage(self, PayC* item, int64_t now_s, QrVerdict* verdict) noexcept
-    cdef int _decide_post(self, ParticipantC* participant, PayC* item, Py_ssize_t index, int64_t now_ns) except -1
+    cdef int _decide_post(self, ParticipantC* participant, PayC* item, Py_ssize_t index, int64_t now_ns,
+                          PartClock* clock) except -1
     cdef uint32_t _resolve_payment(self, ParticipantC* participant, PayC* item, int64_t now_ns) except? 0xFFFFFFFF
     cdef bint _fill_context(self, PaymentCtx* ctx, const PayC* item, const MerchantC* merchant, const AccountC* payer, const AccountC* payee, int64_t now_ns) noexcept
     cdef bint _fill_reference_rate(self, PaymentCtx* ctx, uint32_t ledger, const LedgerC* entry) noexcept

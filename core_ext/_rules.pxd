@@ -70,10 +70,26 @@ ctypedef struct PaymentCtx:
     uint64_t reference_rate_denominator    # floor(amount_minor * numerator / denominator)
     uint64_t amount_reference_minor        # derived by the engine from the three above; callers leave it
 
+# What one evaluation reads of the tables, found once (NULL: no state yet).
+ctypedef struct StateView:
+    const AccountState* payer
+    const AccountState* payee
+    const DeviceState* device
+    uint64_t payer_day_amount_minor    # the payer's out_day window, summed once: several kinds read it
+    uint64_t payer_day_count
+
+# The table slots evaluate_struct found (-1: none), for observe_struct to start from instead of
+# probing again; a slot is used only while it still holds its key, so a stale one costs a probe.
+ctypedef struct StateSlots:
+    int32_t payer
+    int32_t payee
+    int32_t device
+
 ctypedef struct DecisionOut:
     uint32_t action            # Action
     uint32_t code              # external result code
     uint64_t fired_mask        # bit i: rule i matched (any mode)
+    StateSlots found           # where the payer, payee and device states were (an observe hint)
 
 # A static hash set of u64 (blocklists, deny lists), optionally with values (category caps).
 ctypedef struct IdSet:
@@ -112,6 +128,8 @@ cdef class _Lru:
     cdef uint64_t evictions
     cdef int32_t find(self, uint64_t key) noexcept nogil
     cdef int32_t touch(self, uint64_t key, bint* fresh) noexcept nogil
+    cdef int32_t touch_hinted(self, uint64_t key, int32_t hint, bint* fresh) noexcept nogil
+    cdef void _make_recent(self, int32_t slot) noexcept nogil
     cdef uint32_t _bucket_of(self, uint64_t key) noexcept nogil
     cdef void _bucket_remove(self, uint32_t at) noexcept nogil
     cdef void _unlink(self, int32_t slot) noexcept nogil
@@ -133,6 +151,7 @@ cdef class RuleEngine:
     cdef bint _band_on
     cdef uint64_t _band_low_minor
     cdef uint64_t _band_high_minor
+    cdef bint _sums_payer_day           # a rule of PAYER_DAY_KINDS is in the set
     cdef _Lru _accounts
     cdef _Lru _devices
     cdef _Lru _qr
@@ -145,19 +164,20 @@ cdef class RuleEngine:
 
     # The compiled pipeline's entry points: decide on a struct, apply a posted one.
     cdef void evaluate_struct(self, const PaymentCtx* ctx, DecisionOut* out)
-    cdef int observe_struct(self, const PaymentCtx* ctx, uint32_t action) except -1
+    cdef int observe_struct(self, const PaymentCtx* ctx, const DecisionOut* decision) except -1
     cdef object _decision(self, const DecisionOut* out)
-    cdef uint32_t _check_timed(self, int index, const CRule* rule, const PaymentCtx* c, const AccountState* payer,
-                               const AccountState* payee, const DeviceState* device) except? 0xFFFFFFFF
+    cdef void _view(self, const PaymentCtx* c, StateView* view, StateSlots* found) noexcept
+    cdef uint32_t _check_timed(self, int index, const CRule* rule, const PaymentCtx* c,
+                               const StateView* view) except? 0xFFFFFFFF
 
     cdef void _free_rules(self) noexcept
     cdef int _load(self, object ruleset, dict old) except -1
     cdef int _fill_rule(self, CRule* out, object rule) except -1
     cdef uint32_t _check_dynamic_qr(self, const CRule* rule, const PaymentCtx* c) except? 0xFFFFFFFF
-    cdef uint32_t _check(self, const CRule* rule, const PaymentCtx* c, const AccountState* payer,
-                         const AccountState* payee, const DeviceState* device) except? 0xFFFFFFFF
+    cdef uint32_t _check(self, const CRule* rule, const PaymentCtx* c, const StateView* view) except? 0xFFFFFFFF
     cdef int _apply(self, int64_t now_ns, uint64_t payer_id, uint64_t payee_id, uint64_t device_id,
-                    uint64_t qr_digest, int64_t qr_expires_ns, uint64_t amount, uint8_t flags) except -1
+                    uint64_t qr_digest, int64_t qr_expires_ns, uint64_t amount, uint8_t flags,
+                    const StateSlots* hints) except -1
     cdef int _journal_append(self, int64_t now_ns, uint64_t payer_id, uint64_t payee_id, uint64_t device_id,
                              uint64_t qr_digest, int64_t qr_expires_ns, uint64_t amount, uint8_t flags) except -1
 

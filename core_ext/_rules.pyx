@@ -47,15 +47,30 @@ cdef extern from *:
        saturating at 2^64-1 (rules_types.reference_minor). denominator >= 1 is checked on entry. */
     static inline unsigned long long rules_reference_minor(unsigned long long amount, unsigned long long numerator,
                                                            unsigned long long denominator) {
-        unsigned __int128 value = (unsigned __int128)amount * numerator / denominator;
+        unsigned __int128 value;
+        if (numerator == denominator)         /* the payment is in the rule set's currency: no divide */
+            return amount;
+        value = (unsigned __int128)amount * numerator / denominator;
         return value > 0xFFFFFFFFFFFFFFFFULL ? 0xFFFFFFFFFFFFFFFFULL : (unsigned long long)value;
     }
+    /* The bucket widths as compile-time constants, so each `now_ns // width` compiles to a multiply
+       and shifts instead of a 64-bit divide (some 16 a payment); checked against rules_types below. */
+    #define RULES_HOUR_BUCKET_NS (3600LL * 1000000000LL / 8)
+    #define RULES_DAY_BUCKET_NS (86400LL * 1000000000LL / 8)
+    #define RULES_DAYS_30_BUCKET_NS (30LL * 86400LL * 1000000000LL / 8)
+    #define RULES_SKETCH_BUCKET_NS (43200LL * 1000000000LL)
+    #define RULES_MERCHANT_DAY_NS (86400LL * 1000000000LL)
     static inline int rules_popcount(unsigned long long x) { return __builtin_popcountll(x); }
     """
     bint rules_product_gt(uint64_t a, uint64_t fa, uint64_t b, uint64_t fb) nogil
     bint rules_product_ge(uint64_t a, uint64_t fa, uint64_t b, uint64_t fb) nogil
     uint64_t rules_ema(uint64_t average, uint64_t x, int shift) nogil
     int rules_popcount(uint64_t x) nogil
+    const int64_t HOUR_BUCKET_NS "RULES_HOUR_BUCKET_NS"
+    const int64_t DAY_BUCKET_NS "RULES_DAY_BUCKET_NS"
+    const int64_t DAYS_30_BUCKET_NS "RULES_DAYS_30_BUCKET_NS"
+    const int64_t SKETCH_NS "RULES_SKETCH_BUCKET_NS"
+    const int64_t MERCHANT_DAY "RULES_MERCHANT_DAY_NS"
     uint64_t rules_reference_minor(uint64_t amount, uint64_t numerator, uint64_t denominator) nogil
     int __builtin_ctzll(unsigned long long x) nogil
 
@@ -109,11 +124,10 @@ assert {kind.name: int(kind) for kind in Kind}["TRAVEL_RULE"] == KIND_TRAVEL_RUL
 assert int(Mode.SHADOW) == MODE_SHADOW and int(Mode.OFF) == MODE_OFF
 
 _tuple_new = tuple.__new__
-cdef int64_t HOUR_BUCKET_NS = HOUR.bucket_ns
-cdef int64_t DAY_BUCKET_NS = DAY.bucket_ns
-cdef int64_t DAYS_30_BUCKET_NS = DAYS_30.bucket_ns
-cdef int64_t SKETCH_NS = SKETCH_BUCKET_NS
-cdef int64_t MERCHANT_DAY = MERCHANT_DAY_NS
+assert (HOUR_BUCKET_NS, DAY_BUCKET_NS, DAYS_30_BUCKET_NS, SKETCH_NS, MERCHANT_DAY) == \
+    (HOUR.bucket_ns, DAY.bucket_ns, DAYS_30.bucket_ns, SKETCH_BUCKET_NS, MERCHANT_DAY_NS)
+# The kinds that read the payer's day window (summed once per evaluation: StateView).
+PAYER_DAY_KINDS = frozenset((KIND_PAYER_DAY_COUNT, KIND_PAYER_DAY_AMOUNT, KIND_NEW_ACCOUNT_COOLING, KIND_PASS_THROUGH))
 cdef uint64_t BLOCK_PAYER = BLOCKLIST_FIELDS["payer"]
 cdef uint64_t BLOCK_MERCHANT = BLOCKLIST_FIELDS["merchant"]
 cdef uint64_t BLOCK_DEVICE = BLOCKLIST_FIELDS["device"]
@@ -439,9 +453,7 @@ cdef class _Lru:
         cdef uint32_t at = self._bucket_of(key)
         cdef int32_t slot = <int32_t>self.buckets[at].slot_plus_one - 1
         if slot >= 0:
-            if slot != self.tail:
-                self._unlink(slot)
-                self._push_tail(slot)
+            self._make_recent(slot)
             fresh[0] = False
             return slot
         if self.size < self.capacity:
@@ -460,6 +472,20 @@ cdef class _Lru:
         fresh[0] = True
         return slot
 
+    cdef int32_t touch_hinted(self, uint64_t key, int32_t hint, bint* fresh) noexcept nogil:
+        """touch, without the probe when `hint` (a slot find gave for `key`) still holds `key`:
+        slots below size always hold their current key, and a key has one slot."""
+        if 0 <= hint < self.size and self.keys[hint] == key:
+            self._make_recent(hint)
+            fresh[0] = False
+            return hint
+        return self.touch(key, fresh)
+
+    cdef void _make_recent(self, int32_t slot) noexcept nogil:
+        if slot != self.tail:
+            self._unlink(slot)
+            self._push_tail(slot)
+
     def slots_in_order(self):
         """(key, slot) from least to most recently used."""
         cdef int32_t slot = self.head
@@ -475,17 +501,16 @@ cdef class _Lru:
 
 # ---- the rule checks: each returns the external code when it matches, else 0 -------------
 
-cdef inline uint32_t check_counts(const CRule* rule, const PaymentCtx* c, const AccountState* payer,
-                                  const DeviceState* device) noexcept nogil:
+cdef inline uint32_t check_counts(const CRule* rule, const PaymentCtx* c, const StateView* view) noexcept nogil:
     """The kinds that compare a window total with a limit."""
     cdef uint64_t amount = 0, count = 0
     cdef uint32_t kind = rule.kind
-    if kind == KIND_PAYER_DAY_COUNT or kind == KIND_PAYER_DAY_AMOUNT:
-        if payer != NULL:
-            ring_totals(&payer.out_day, DAY_BUCKET_NS, c.now_ns, &amount, &count)
-        if kind == KIND_PAYER_DAY_COUNT:
-            return rule.code if count + 1 > rule.tier[c.payer_kyc_tier] else 0
-        return rule.code if sat_add(amount, c.amount_reference_minor) > rule.tier[c.payer_kyc_tier] else 0
+    cdef const AccountState* payer = view.payer
+    cdef const DeviceState* device = view.device
+    if kind == KIND_PAYER_DAY_COUNT:
+        return rule.code if view.payer_day_count + 1 > rule.tier[c.payer_kyc_tier] else 0
+    if kind == KIND_PAYER_DAY_AMOUNT:
+        return rule.code if sat_add(view.payer_day_amount_minor, c.amount_reference_minor) > rule.tier[c.payer_kyc_tier] else 0
     if kind == KIND_PAYER_HOUR_AMOUNT:
         if payer != NULL:
             ring_totals(&payer.out_hour, HOUR_BUCKET_NS, c.now_ns, &amount, &count)
@@ -493,9 +518,7 @@ cdef inline uint32_t check_counts(const CRule* rule, const PaymentCtx* c, const 
     if kind == KIND_NEW_ACCOUNT_COOLING:
         if c.now_ns - c.payer_created_ns >= <int64_t>rule.p[0]:
             return 0
-        if payer != NULL:
-            ring_totals(&payer.out_day, DAY_BUCKET_NS, c.now_ns, &amount, &count)
-        return rule.code if sat_add(amount, c.amount_reference_minor) > rule.p[1] else 0
+        return rule.code if sat_add(view.payer_day_amount_minor, c.amount_reference_minor) > rule.p[1] else 0
     if kind == KIND_DEVICE_VELOCITY:
         if c.device_id == 0:
             return 0
@@ -515,16 +538,15 @@ cdef inline uint32_t check_counts(const CRule* rule, const PaymentCtx* c, const 
     return 0
 
 
-cdef inline uint32_t check_pass_through(const CRule* rule, const PaymentCtx* c,
-                                        const AccountState* payer) noexcept nogil:
-    cdef uint64_t inflow = 0, outflow = 0, count = 0
-    if payer == NULL:
+cdef inline uint32_t check_pass_through(const CRule* rule, const PaymentCtx* c, const StateView* view) noexcept nogil:
+    cdef uint64_t inflow = 0, count = 0
+    if view.payer == NULL:
         return 0
-    ring_totals(&payer.in_day, DAY_BUCKET_NS, c.now_ns, &inflow, &count)
+    ring_totals(&view.payer.in_day, DAY_BUCKET_NS, c.now_ns, &inflow, &count)
     if inflow == 0 or inflow < rule.p[1]:
         return 0
-    ring_totals(&payer.out_day, DAY_BUCKET_NS, c.now_ns, &outflow, &count)
-    return rule.code if rules_product_ge(sat_add(outflow, c.amount_reference_minor), 100, inflow, rule.p[0]) else 0
+    return rule.code if rules_product_ge(sat_add(view.payer_day_amount_minor, c.amount_reference_minor), 100,
+                                         inflow, rule.p[0]) else 0
 
 
 cdef inline uint32_t check_burst(const CRule* rule, const PaymentCtx* c, const AccountState* payer) noexcept nogil:
@@ -686,6 +708,7 @@ cdef class RuleEngine:
             kept = old.get((rule.id, rule.version), (0, 0, 0, 0, 0))
             self._hits[index], self._shadow_hits[index], self._evaluations[index] = kept[:3]
             self._samples[index], self._time_ns_sampled[index] = kept[3:]
+        self._sums_payer_day = any(rule.kind in PAYER_DAY_KINDS for rule in ruleset.rules)
         band = ruleset.structuring_band()
         self._band_on = band is not None
         self._band_low_minor, self._band_high_minor = band if band is not None else (0, 0)
@@ -731,13 +754,15 @@ cdef class RuleEngine:
             return CODE_RISK_STATE_FULL
         return 0
 
-    cdef uint32_t _check(self, const CRule* rule, const PaymentCtx* c, const AccountState* payer,
-                         const AccountState* payee, const DeviceState* device) except? 0xFFFFFFFF:
+    cdef uint32_t _check(self, const CRule* rule, const PaymentCtx* c, const StateView* view) except? 0xFFFFFFFF:
         cdef uint32_t kind = rule.kind
+        cdef const AccountState* payer = view.payer
+        cdef const AccountState* payee = view.payee
+        cdef const DeviceState* device = view.device
         if kind == KIND_DYNAMIC_QR:
             return self._check_dynamic_qr(rule, c)
         if kind == KIND_PASS_THROUGH:
-            return check_pass_through(rule, c, payer)
+            return check_pass_through(rule, c, view)
         if kind == KIND_BURST:
             return check_burst(rule, c, payer)
         if kind == KIND_HISTORY_OUTLIER:
@@ -757,7 +782,7 @@ cdef class RuleEngine:
         if kind == KIND_PAYER_DAY_COUNT or kind == KIND_PAYER_DAY_AMOUNT or kind == KIND_PAYER_HOUR_AMOUNT \
                 or kind == KIND_NEW_ACCOUNT_COOLING or kind == KIND_DEVICE_VELOCITY \
                 or kind == KIND_MONTHLY_AGGREGATE or kind == KIND_STRUCTURING:
-            return check_counts(rule, c, payer, device)
+            return check_counts(rule, c, view)
         return check_simple(rule, c, payer)
 
     cdef void evaluate_struct(self, const PaymentCtx* given, DecisionOut* out):
@@ -767,23 +792,11 @@ cdef class RuleEngine:
         converted.amount_reference_minor = rules_reference_minor(
             given.amount_minor, given.reference_rate_numerator, given.reference_rate_denominator)
         cdef const PaymentCtx* c = &converted
-        cdef const AccountState* payer = NULL
-        cdef const AccountState* payee = NULL
-        cdef const DeviceState* device = NULL
-        cdef int32_t slot
+        cdef StateView view
         cdef int index
         cdef uint32_t code
         cdef const CRule* rule
-        slot = self._accounts.find(c.payer_account_id)
-        if slot >= 0:
-            payer = &self._account_states[slot]
-        slot = self._accounts.find(c.merchant_account_id)
-        if slot >= 0:
-            payee = &self._account_states[slot]
-        if c.device_id:
-            slot = self._devices.find(c.device_id)
-            if slot >= 0:
-                device = &self._device_states[slot]
+        self._view(c, &view, &out.found)
         out.action = ACTION_APPROVE
         out.code = CODE_OK
         out.fired_mask = 0
@@ -793,9 +806,9 @@ cdef class RuleEngine:
                 continue
             self._evaluations[index] += 1
             if (self._evaluations[index] & (LIMIT_RULES_TIME_SAMPLE_INTERVAL_EVALUATIONS - 1)) == 1:
-                code = self._check_timed(index, rule, c, payer, payee, device)
+                code = self._check_timed(index, rule, c, &view)
             else:
-                code = self._check(rule, c, payer, payee, device)
+                code = self._check(rule, c, &view)
             if code == 0:
                 continue
             out.fired_mask |= 1ULL << index
@@ -810,13 +823,27 @@ cdef class RuleEngine:
                 out.action = ACTION_REVIEW
                 out.code = CODE_RISK_REVIEW
 
-    cdef uint32_t _check_timed(self, int index, const CRule* rule, const PaymentCtx* c, const AccountState* payer,
-                               const AccountState* payee, const DeviceState* device) except? 0xFFFFFFFF:
+    cdef void _view(self, const PaymentCtx* c, StateView* view, StateSlots* found) noexcept:
+        """The payer's, payee's and device's states (NULL: none yet), and the payer's day window
+        summed once: three kinds of rule read it."""
+        found.payer = self._accounts.find(c.payer_account_id)
+        view.payer = &self._account_states[found.payer] if found.payer >= 0 else NULL
+        found.payee = self._accounts.find(c.merchant_account_id)
+        view.payee = &self._account_states[found.payee] if found.payee >= 0 else NULL
+        found.device = self._devices.find(c.device_id) if c.device_id else -1
+        view.device = &self._device_states[found.device] if found.device >= 0 else NULL
+        view.payer_day_amount_minor = view.payer_day_count = 0
+        if view.payer != NULL and self._sums_payer_day:
+            ring_totals(&view.payer.out_day, DAY_BUCKET_NS, c.now_ns, &view.payer_day_amount_minor,
+                        &view.payer_day_count)
+
+    cdef uint32_t _check_timed(self, int index, const CRule* rule, const PaymentCtx* c,
+                               const StateView* view) except? 0xFFFFFFFF:
         """_check with a monotonic clock read on either side, added to the rule's sampled time."""
         cdef timespec start, end
         cdef uint32_t code
         clock_gettime(CLOCK_MONOTONIC, &start)
-        code = self._check(rule, c, payer, payee, device)
+        code = self._check(rule, c, view)
         clock_gettime(CLOCK_MONOTONIC, &end)
         self._samples[index] += 1
         self._time_ns_sampled[index] += <uint64_t>((end.tv_sec - start.tv_sec) * 1000000000 + (end.tv_nsec - start.tv_nsec))
@@ -859,38 +886,44 @@ cdef class RuleEngine:
     def observe(self, ctx, decision):
         """Apply a posted payment (approved, or held for review with its funds reserved)."""
         cdef PaymentCtx c
+        cdef DecisionOut out
         if context_from_object(ctx, &c):
             raise ValueError(f"observe: {context_problem(ctx) or 'invalid payment context'}")
-        self.observe_struct(&c, decision.action)
+        out.action = decision.action
+        out.found.payer = out.found.payee = out.found.device = -1
+        self.observe_struct(&c, &out)
 
-    cdef int observe_struct(self, const PaymentCtx* c, uint32_t action) except -1:
+    cdef int observe_struct(self, const PaymentCtx* c, const DecisionOut* decision) except -1:
+        """Apply a posted payment; `decision` is evaluate_struct's for it (its slots save the probes)."""
         cdef uint8_t flags = FLAG_QR_DYNAMIC if c.qr_dynamic else 0
         # Counters accumulate (and the journal records) the amount in the rule set's currency.
         cdef uint64_t amount_minor = rules_reference_minor(c.amount_minor, c.reference_rate_numerator,
                                                            c.reference_rate_denominator)
-        if action == ACTION_DECLINE:
+        if decision.action == ACTION_DECLINE:
             return 0
         if self._band_on and self._band_low_minor <= amount_minor < self._band_high_minor:
             flags |= FLAG_STRUCTURING_BAND
         self._apply(c.now_ns, c.payer_account_id, c.merchant_account_id, c.device_id, c.qr_digest,
-                    c.qr_expires_ns, amount_minor, flags)
+                    c.qr_expires_ns, amount_minor, flags, &decision.found)
         self._journal_append(c.now_ns, c.payer_account_id, c.merchant_account_id, c.device_id, c.qr_digest,
                              c.qr_expires_ns, amount_minor, flags)
         return 0
 
     cdef int _apply(self, int64_t now_ns, uint64_t payer_id, uint64_t payee_id, uint64_t device_id,
-                    uint64_t qr_digest, int64_t qr_expires_ns, uint64_t amount, uint8_t flags) except -1:
+                    uint64_t qr_digest, int64_t qr_expires_ns, uint64_t amount, uint8_t flags,
+                    const StateSlots* hints) except -1:
+        """One payment's effect on the tables; `hints` (NULL: none) are evaluate_struct's slots."""
         cdef bint fresh
-        cdef int32_t slot = self._accounts.touch(payer_id, &fresh)
+        cdef int32_t slot = self._accounts.touch_hinted(payer_id, hints.payer if hints else -1, &fresh)
         if fresh:
             memset(&self._account_states[slot], 0, sizeof(AccountState))
         apply_payer(&self._account_states[slot], now_ns, payee_id, amount, flags)
-        slot = self._accounts.touch(payee_id, &fresh)
+        slot = self._accounts.touch_hinted(payee_id, hints.payee if hints else -1, &fresh)
         if fresh:
             memset(&self._account_states[slot], 0, sizeof(AccountState))
         apply_payee(&self._account_states[slot], now_ns, payer_id, amount)
         if device_id:
-            slot = self._devices.touch(device_id, &fresh)
+            slot = self._devices.touch_hinted(device_id, hints.device if hints else -1, &fresh)
             if fresh:
                 memset(&self._device_states[slot], 0, sizeof(DeviceState))
             ring_add(&self._device_states[slot].hour, HOUR_BUCKET_NS, now_ns, amount)
@@ -945,7 +978,7 @@ cdef class RuleEngine:
 
     def apply_journal(self, blob):
         for now_ns, payer_id, payee_id, device_id, qr_digest, qr_expires_ns, amount, flags in journal_records(blob):
-            self._apply(now_ns, payer_id, payee_id, device_id, qr_digest, qr_expires_ns, amount, flags)
+            self._apply(now_ns, payer_id, payee_id, device_id, qr_digest, qr_expires_ns, amount, flags, NULL)
 
     def state_hash(self):
         return state_digest((

@@ -27,7 +27,7 @@ def test_a_run_prints_the_rate_and_the_stages_and_writes_the_cprofile_report(tmp
     printed = capsys.readouterr().out
     assert "200 payments in frames of 100 (compiled, release build, under cProfile)" in printed
     assert "100.0% approved" in printed
-    assert "per payment: decode" in printed and "decide_post" in printed and "respond" in printed
+    assert "per payment: decode" in printed and "rules" in printed and "post" in printed and "respond" in printed
     assert "Ordered by: cumulative time" in report.read_text()
 
 
