@@ -86,12 +86,15 @@ cdef enum:
     AUDIT_VERSION_C = 1
     RULES_CAPACITY = 64
 
+
 def split_stage_ns(total_ns, rules_sampled_ns, post_sampled_ns):
     """(rules_ns, post_ns): the pass's exact total in the sampled payments' proportion; all post
     before any sample of the rules."""
     sampled_ns = rules_sampled_ns + post_sampled_ns
     rules_ns = total_ns * rules_sampled_ns // sampled_ns if sampled_ns else 0
     return rules_ns, total_ns - rules_ns
+
+
 assert LIMIT_RULES_PER_SET_MAX == RULES_CAPACITY
 P_UPI = _qr_tables.PROFILE_INDEX["upi"]
 cdef int32_t PROFILE_UPI = P_UPI
@@ -858,8 +861,9 @@ cdef class Pipeline:
             participant.tokens = self.rate_burst
             participant.updated_ns = now_ns
         elapsed_ns = now_ns - participant.updated_ns if now_ns > participant.updated_ns else 0
-        # No 128-bit divide when no time passed: every payment of a batch after the first.
-        refill = <int64_t>(<pipeline_u128>elapsed_ns * <uint64_t>self.rate_per_second / NS_PER_SECOND) if elapsed_ns else 0
+        refill = 0
+        if elapsed_ns:         # no 128-bit divide when no time passed: every payment of a batch after the first
+            refill = <int64_t>(<pipeline_u128>elapsed_ns * <uint64_t>self.rate_per_second / NS_PER_SECOND)
         if refill:
             participant.tokens = min(self.rate_burst, participant.tokens + refill)
             participant.updated_ns += <int64_t>(<pipeline_u128>refill * NS_PER_SECOND / <uint64_t>self.rate_per_second)

@@ -127,7 +127,8 @@ _tuple_new = tuple.__new__
 assert (HOUR_BUCKET_NS, DAY_BUCKET_NS, DAYS_30_BUCKET_NS, SKETCH_NS, MERCHANT_DAY) == \
     (HOUR.bucket_ns, DAY.bucket_ns, DAYS_30.bucket_ns, SKETCH_BUCKET_NS, MERCHANT_DAY_NS)
 # The kinds that read the payer's day window (summed once per evaluation: StateView).
-PAYER_DAY_KINDS = frozenset((KIND_PAYER_DAY_COUNT, KIND_PAYER_DAY_AMOUNT, KIND_NEW_ACCOUNT_COOLING, KIND_PASS_THROUGH))
+PAYER_DAY_KINDS = frozenset((KIND_PAYER_DAY_COUNT, KIND_PAYER_DAY_AMOUNT, KIND_NEW_ACCOUNT_COOLING,
+                             KIND_PASS_THROUGH))
 cdef uint64_t BLOCK_PAYER = BLOCKLIST_FIELDS["payer"]
 cdef uint64_t BLOCK_MERCHANT = BLOCKLIST_FIELDS["merchant"]
 cdef uint64_t BLOCK_DEVICE = BLOCKLIST_FIELDS["device"]
@@ -510,7 +511,8 @@ cdef inline uint32_t check_counts(const CRule* rule, const PaymentCtx* c, const 
     if kind == KIND_PAYER_DAY_COUNT:
         return rule.code if view.payer_day_count + 1 > rule.tier[c.payer_kyc_tier] else 0
     if kind == KIND_PAYER_DAY_AMOUNT:
-        return rule.code if sat_add(view.payer_day_amount_minor, c.amount_reference_minor) > rule.tier[c.payer_kyc_tier] else 0
+        amount = sat_add(view.payer_day_amount_minor, c.amount_reference_minor)
+        return rule.code if amount > rule.tier[c.payer_kyc_tier] else 0
     if kind == KIND_PAYER_HOUR_AMOUNT:
         if payer != NULL:
             ring_totals(&payer.out_hour, HOUR_BUCKET_NS, c.now_ns, &amount, &count)

@@ -168,7 +168,7 @@ def test_the_sampled_split_shares_out_the_exact_total(compiled):
     assert split_stage_ns(1000, 1, 3) == (250, 750)
     assert split_stage_ns(1001, 2, 1) == (667, 334)
     assert split_stage_ns(1000, 0, 0) == (0, 1000)           # nothing sampled yet: all post
-    assert split_stage_ns(2**64 - 1, 2**64 - 1, 2**64 - 1) == (2**63 - 1, 2**63)   # no u64 overflow
+    assert split_stage_ns(2**64 - 1, 2**64 - 1, 2**64 - 1) == (2**63 - 1, 2**63)    # no u64 overflow
 
 
 def test_the_compiled_reader_takes_well_formed_bodies_and_hands_on_the_rest(compiled):
