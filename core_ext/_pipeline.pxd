@@ -134,6 +134,7 @@ cdef class Pipeline:
     cdef Py_ssize_t _audit_count
     cdef Out _response
     cdef list _holds
+    cdef public int64_t review_slots_free    # the review queue's free slots this call (set by the engine)
     # stage clocks (ns) and counts
     cdef uint64_t stage_ns[4]
     cdef uint64_t payments

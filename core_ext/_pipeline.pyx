@@ -544,6 +544,7 @@ cdef class Pipeline:
         self.rules = rules
         self._keep = []
         self._holds = []
+        self.review_slots_free = LIMIT_REVIEW_QUEUE_ITEMS_MAX
         self._payloads = []
         self.review_timeout_seconds = settings.review_timeout_seconds
         self.rate_per_second = settings.rate_items_per_second
@@ -1120,6 +1121,9 @@ cdef class Pipeline:
         if decision.action == ACTION_DECLINE:
             item.code = decision.code
             return 0
+        if decision.action == ACTION_REVIEW and self.review_slots_free <= 0:
+            item.code = CODE_REVIEW_QUEUE_FULL      # before the QR guard: a dynamic code stays unused
+            return 0
         if item.dynamic:
             item.code = self._guard(item, index, now_ns)
             if item.code:
@@ -1169,6 +1173,7 @@ cdef class Pipeline:
         """A held payment, for the review queue (rare: Python objects are fine here)."""
         rules = self._rules.ruleset.rules if self._rules is not None else ()
         rule_ids = tuple(rule.id for bit, rule in enumerate(rules) if (fired_mask >> bit) & 1)
+        self.review_slots_free -= 1
         self._holds.append((((<object>item.id_hi) << 64) | item.id_lo, now_ns, participant.id, rule_ids))
         return 0
 

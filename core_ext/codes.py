@@ -223,6 +223,10 @@ _ENTRIES: list[Entry] = [
           "A merchant registration field is missing or out of range (scheme, identifier, name, MCC, country, currency, account)."),
     Entry(409, "MERCHANTS_LIMIT_REACHED", "payment",
           "The merchant directory holds merchant_keys_max registrations; this one was not added."),
+    Entry(410, "REVIEW_QUEUE_FULL", "payment",
+          "The rules would hold this payment for review, but the review queue already holds review_queue_items_max "
+          "payments (or the configured review_queue_items_max): it is declined and nothing was reserved. Retry "
+          "later with the same id, once operators have decided held payments."),
 
     # ---- 450-499: risk and AML decisions --------------------------------------
     # What a wallet sees; which rule fired stays in the operator's audit log.

@@ -142,6 +142,11 @@ USED_QR_COUNT_MAX = 10_000_000
 # A payment held for review stays pending this long unless the config says otherwise
 # (then the ledger voids it and the funds return); the config may choose 1..timeout_seconds_max.
 REVIEW_TIMEOUT_SECONDS_DEFAULT = 86_400
+# Payments held for review at once (pending, waiting for an operator). Past it a payment the rules
+# would hold is declined REVIEW_QUEUE_FULL: a flood of held payments cannot grow memory (about
+# 0.5 KiB a held payment with its journal record) or reserve funds without bound. The config may
+# choose 1..review_queue_items_max.
+REVIEW_QUEUE_ITEMS_MAX = 100_000
 # FATF R.16 conversion: US cents per 1,000,000 minor units of a currency (1,000 US cents per
 # minor unit at most: no currency's minor unit is worth more than USD 10).
 USD_RATE_PER_MILLION_MAX = 10**9

@@ -7,6 +7,7 @@
     rate_burst_items = 400000
     rules = "rules.toml"          # the risk rule set (relative to this file); absent: no rules
     review_timeout_seconds = 86400   # a payment held for review is voided after this if nobody decides
+    review_queue_items_max = 100000  # held payments at once; past it a payment to hold is declined REVIEW_QUEUE_FULL
 
     [[participants]]              # one per wallet (or operator)
     id = 1                        # u64, what the client names in `auth`
@@ -122,6 +123,7 @@ class Config:
     merchants: list[dict[str, Any]]
     rules_path: str | None = None          # the rule set's TOML, resolved against the config's directory
     review_timeout_seconds: int = limits.REVIEW_TIMEOUT_SECONDS_DEFAULT
+    review_queue_items_max: int = limits.REVIEW_QUEUE_ITEMS_MAX
 
 
 def load(path: str | pathlib.Path) -> Config:
@@ -156,6 +158,8 @@ def parse(document: dict[str, Any]) -> Config:
         rules_path=_str(switch["rules"], "switch.rules") if "rules" in switch else None,
         review_timeout_seconds=_int(switch.get("review_timeout_seconds", limits.REVIEW_TIMEOUT_SECONDS_DEFAULT),
                                     "switch.review_timeout_seconds", 1, limits.TIMEOUT_SECONDS_MAX),
+        review_queue_items_max=_int(switch.get("review_queue_items_max", limits.REVIEW_QUEUE_ITEMS_MAX),
+                                    "switch.review_queue_items_max", 1, limits.REVIEW_QUEUE_ITEMS_MAX),
     )
     _check_accounts(config)
     return config

@@ -214,6 +214,7 @@ class Engine(OperatorOps):
         if request.error is not None:
             return Outcome(request.error, None)
         if request.op == OP_RAW_PAY:
+            self.pipeline.review_slots_free = self.review_slots_free(now_ns)
             frame = self._after_pay(self.pipeline.run(participant.id, request.args, now_ns))
             return Encoded(self.pipeline.last_code, frame)
         if request.op in (protocol.OP_PAY, protocol.OP_PAY_BATCH):
@@ -225,6 +226,7 @@ class Engine(OperatorOps):
 
     def _pay_request(self, participant: Participant, request: Request, now_ns: int) -> Outcome:
         items = [request.args] if request.op == protocol.OP_PAY else request.args
+        self.pipeline.review_slots_free = self.review_slots_free(now_ns)
         answers = self._after_pay(self.pipeline.pay(participant.id, items, now_ns))
         if request.op == protocol.OP_PAY:
             return Outcome(*answers[0])

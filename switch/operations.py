@@ -31,7 +31,7 @@ _EXPIRY_CHUNK_ITEMS = 256
 
 
 class OperatorOps:
-    """Mixin: needs self.ledger, self.rules, self.storage, self.core, self.clock_ns."""
+    """Mixin: needs self.config, self.ledger, self.rules, self.storage, self.core, self.clock_ns."""
 
     # Replaced per engine by attach_operations(); class defaults keep a bare Engine usable.
     ops: OpsStats | None = None
@@ -158,6 +158,17 @@ class OperatorOps:
                 return
 
     # ---- the review queue's bookkeeping ---------------------------------------------
+
+    def review_slots_free(self, now_ns: int) -> int:
+        """Payments the review queue can still take (config review_queue_items_max); the pipeline
+        declines one more REVIEW_QUEUE_FULL.  Only a full queue is first rid of the held payments
+        the ledger already expired: they no longer reserve funds, so they hold no slot."""
+        items_max = self.config.review_queue_items_max
+        if self.reviews is None:
+            return items_max
+        if len(self.reviews) >= items_max:
+            self._forget_expired(now_ns)
+        return max(0, items_max - len(self.reviews))
 
     def note_held(self, transfer_id: int, held_ns: int, participant_id: int, fired: tuple) -> None:
         """A held payment's pending leg was posted: the operator has it to decide."""
