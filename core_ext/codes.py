@@ -186,8 +186,10 @@ _ENTRIES: list[Entry] = [
     Entry(328, "QR_BAD_ACCOUNT", "qr",
           "A national scheme's account identifier is malformed (e.g. PromptPay mobile not 13 digits, VietQR bank BIN not 6 digits)."),
     Entry(329, "QR_BAD_EXPIRY", "qr",
-          "An expiry or timestamp field is malformed (PayNow 26.04 date, KHQR 99 timestamps of 13 digits)."),
-    Entry(330, "QR_EXPIRED", "qr", "The code's expiry has passed."),
+          "An expiry or timestamp field is malformed (PayNow 26.04 date, KHQR 99 timestamps of 13 digits, DuitNow "
+          "26.03 epoch milliseconds of at most 13 digits, UPI QRexpire not ISO 8601 YYYY-MM-DDTHH:MM:SS[Z|+HH:MM])."),
+    Entry(330, "QR_EXPIRED", "qr",
+          "The code's expiry has passed (PayNow 26.04, KHQR 99.01, DuitNow 26.03, UPI QRexpire)."),
     Entry(331, "QR_PROFILE_RULE", "qr",
           "A rule of the national profile is broken (e.g. Pix location with a URL scheme, KHQR UnionPay with USD, PayNow fixed amount not editable)."),
     Entry(350, "UPI_BAD_SCHEME", "qr", "A UPI payload that does not start with `upi://pay?`."),

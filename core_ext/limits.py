@@ -127,6 +127,8 @@ QR_ADDITIONAL_DATA_CHARS_MAX = 25
 QR_TAX_ID_CHARS_MAX = 20
 # Merchant keys one result carries (one per merchant account object, most specific first).
 QR_MERCHANT_KEYS_MAX = 8
+# Digits of an expiry in epoch milliseconds (DuitNow 26.03): 13 reach the year 2286.
+QR_EXPIRY_MS_DIGITS_MAX = 13
 # UPI links: parameters per link, characters of a payee address.
 UPI_PARAMS_MAX = 64
 UPI_VPA_CHARS_MAX = 255
