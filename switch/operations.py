@@ -108,10 +108,15 @@ class OperatorOps:
             return Code.RULES_NOT_CONFIGURED, None
         try:
             ruleset = _parse_ruleset(toml_text)
+            meaning_before = self.rules.ruleset.counter_meaning()
             self.rules.reload(ruleset)
         except RuleSetError as error:
             log.warning("rule set refused: %s", error, extra={"fields": {"event": "rules_refused"}})
             return Code.RULES_INVALID, _reason(error)
+        if ruleset.counter_meaning() != meaning_before:
+            log.warning("rule set %r changes the counters' meaning (%s -> %s): counters forgotten", ruleset.name,
+                        meaning_before.describe(), ruleset.counter_meaning().describe(),
+                        extra={"fields": {"event": "rules_counters_forgotten"}})
         log.info("rule set %r loaded, hash %s", ruleset.name, ruleset.hash, extra={"fields": {
             "event": "rules_loaded", "ruleset_name": ruleset.name, "ruleset_hash": ruleset.hash,
             "rule_count": len(ruleset.rules)}})
