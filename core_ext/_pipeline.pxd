@@ -76,6 +76,8 @@ cdef struct ParticipantC:
     bint bucket_started
     int64_t tokens
     int64_t updated_ns
+    int64_t rate_per_second          # its own token bucket: items per second, and burst
+    int64_t rate_burst
 
 
 cdef struct RuleAuditC:

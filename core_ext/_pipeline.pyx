@@ -580,6 +580,8 @@ cdef class Pipeline:
             self.participants[index].is_operator = participant.is_operator
             self.participants[index].range_first = at
             self.participants[index].range_count = len(participant.range_starts)
+            self.participants[index].rate_per_second = participant.rate_items_per_second or self.rate_per_second
+            self.participants[index].rate_burst = participant.rate_burst_items or self.rate_burst
             for start, end in zip(participant.range_starts, participant.range_ends):
                 self.range_starts[at], self.range_ends[at] = start, end
                 at += 1
@@ -793,13 +795,14 @@ cdef class Pipeline:
         cdef int64_t elapsed_ns, refill
         if not participant.bucket_started:
             participant.bucket_started = True
-            participant.tokens = self.rate_burst
+            participant.tokens = participant.rate_burst
             participant.updated_ns = now_ns
         elapsed_ns = now_ns - participant.updated_ns if now_ns > participant.updated_ns else 0
-        refill = <int64_t>(<pipeline_u128>elapsed_ns * <uint64_t>self.rate_per_second / NS_PER_SECOND)
+        refill = <int64_t>(<pipeline_u128>elapsed_ns * <uint64_t>participant.rate_per_second / NS_PER_SECOND)
         if refill:
-            participant.tokens = min(self.rate_burst, participant.tokens + refill)
-            participant.updated_ns += <int64_t>(<pipeline_u128>refill * NS_PER_SECOND / <uint64_t>self.rate_per_second)
+            participant.tokens = min(participant.rate_burst, participant.tokens + refill)
+            participant.updated_ns += <int64_t>(<pipeline_u128>refill * NS_PER_SECOND
+                                                / <uint64_t>participant.rate_per_second)
         if participant.tokens < count:
             return False
         participant.tokens -= count

@@ -53,7 +53,8 @@ def load_rules_file(path: str) -> RuleSet:
 
 def pipeline_settings(config: Config) -> PipelineSettings:
     return PipelineSettings(
-        participants=tuple(ParticipantSettings(p.id, p.is_operator, p.range_starts, p.range_ends)
+        participants=tuple(ParticipantSettings(p.id, p.is_operator, p.range_starts, p.range_ends,
+                                               p.rate_items_per_second, p.rate_burst_items)
                            for p in config.participants.values()),
         ledgers=tuple(LedgerSettings(entry.ledger, entry.fee_bps, entry.fee_account_id,
                                      entry.usd_minor_per_million_minor) for entry in config.ledgers.values()),

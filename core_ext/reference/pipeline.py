@@ -53,8 +53,10 @@ class Pipeline:
         self.rules = rules                 # a RuleEngine of the same core, or None; may be swapped between batches
         self.audit = audit if audit is not None else AuditLog()
         self.review_timeout_seconds = settings.review_timeout_seconds
-        self._rate = (settings.rate_items_per_second, settings.rate_burst_items)
         self._participants = {p.id: p for p in settings.participants}
+        # (items per second, burst) per participant: its own, or the switch-wide one.
+        self._rates = {p.id: (p.rate_items_per_second or settings.rate_items_per_second,
+                              p.rate_burst_items or settings.rate_burst_items) for p in settings.participants}
         self._ledgers = {entry.ledger: entry for entry in settings.ledgers}
         self._buckets: dict[int, TokenBucket] = {}
         self._holds: list[tuple] = []
@@ -86,7 +88,7 @@ class Pipeline:
             return False
         bucket = self._buckets.get(participant_id)
         if bucket is None:
-            bucket = self._buckets[participant_id] = TokenBucket(*self._rate, now_ns)
+            bucket = self._buckets[participant_id] = TokenBucket(*self._rates[participant_id], now_ns)
         return bucket.take(count, now_ns)
 
     def fee_of(self, ledger: int, amount_minor: int) -> int:
