@@ -7,11 +7,14 @@ import pytest
 
 from core_ext import limits
 from core_ext.codes import Code
+from core_ext.pipeline_types import AuditLog
 from core_ext.types import Transfer
 from switch import config as config_module
+from switch.engine import Engine
+from switch.merchants import MerchantDirectory
 from switch.protocol import Request
 import test_server_helpers as fixtures
-from test_pipeline_rules import NOW_NS, pay_batch
+from test_pipeline_rules import NOW_NS, MemoryStorage, pay_batch
 
 SLOW = {"rate_items_per_second": 1, "rate_burst_items": 2}
 
@@ -24,11 +27,7 @@ def document_with(participant_id: int, **rate) -> dict:
 
 
 def make_engine_from(impl, config):
-    from core_ext.pipeline_types import AuditLog
-    from switch.engine import Engine
-    from switch.merchants import MerchantDirectory
-    from test_pipeline_rules import MemoryStorage
-
+    """An engine of `impl` on `config`, without rules, its storage kept in memory."""
     ledger, merchants, audit = impl.Ledger(config.accounts_max), MerchantDirectory(), AuditLog()
     engine = Engine(config, impl, ledger, merchants, MemoryStorage([ledger, merchants, audit]),
                     clock_ns=lambda: NOW_NS, audit=audit)

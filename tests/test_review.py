@@ -6,22 +6,27 @@ import asyncio
 import contextlib
 import threading
 
+import msgpack
 import pytest
 from click.testing import CliRunner
 
 import core_ext
 from core_ext import limits
 from core_ext.codes import Code
+from core_ext.pipeline_types import AuditLog
 from core_ext.rules_types import load_ruleset
 from core_ext.types import Transfer, TransferFlags
 from switch import config as config_module, review_queue
 from switch.cli import main as cli_main
 from switch.client import AsyncClient, SwitchError
 from switch.commands.review import resolution_id
-from switch.engine import fee_id_for
+from switch.engine import OP_RAW_PAY, Engine, fee_id_for
+from switch.merchants import MerchantDirectory
 from switch.operations import open_engine
+from switch.protocol import OP_VOID_PENDING, PayItem, PendingItem, Request, id_to_wire
 from switch.server import Server, new_event_loop
 from test_ops import RULES_TEXT
+from test_pipeline_rules import MemoryStorage, audit_records
 from test_server_helpers import LOOP_KINDS, OPERATOR_ID, OPERATOR_SECRET, run_on
 import test_server_helpers as fixtures
 
@@ -306,11 +311,6 @@ def test_switch_review_list_approve_reject_and_rules_stats_from_the_command_line
 def engine_with_review_queue(impl, items_max: int, clock: list[int], review_timeout_seconds: int = 86_400):
     """An engine of `impl` (no server, storage kept in memory) whose review queue takes at most
     `items_max` held payments; `clock[0]` is the batch clock in ns."""
-    from core_ext.pipeline_types import AuditLog
-    from switch.engine import Engine
-    from switch.merchants import MerchantDirectory
-    from test_pipeline_rules import MemoryStorage
-
     document = fixtures.document()
     document["switch"].update(review_queue_items_max=items_max, review_timeout_seconds=review_timeout_seconds)
     config = config_module.parse(document)
@@ -325,8 +325,6 @@ def engine_with_review_queue(impl, items_max: int, clock: list[int], review_time
 
 def pay_codes(engine, *payments) -> list[int]:
     """(transfer_id, amount_minor[, qr_payload]) each, in one pay_batch; the answer codes."""
-    from switch.protocol import PayItem, Request
-
     items = [PayItem(entry[0], fixtures.PAYER, entry[2] if len(entry) > 2 else fixtures.static_qr(), entry[1],
                      None, None) for entry in payments]
     participant = engine.config.participants[fixtures.WALLET_ID]
@@ -336,10 +334,6 @@ def pay_codes(engine, *payments) -> list[int]:
 
 def raw_pay_code(engine, transfer_id: int, amount_minor: int) -> int:
     """One payment through the server's fast path (the pipeline decodes the raw frame body)."""
-    import msgpack
-    from switch.engine import OP_RAW_PAY
-    from switch.protocol import Request, id_to_wire
-
     raw = msgpack.packb([5, "pay", [id_to_wire(transfer_id), fixtures.PAYER, fixtures.static_qr(), amount_minor,
                                     None, None]], use_bin_type=True)
     participant = engine.config.participants[fixtures.WALLET_ID]
@@ -349,8 +343,6 @@ def raw_pay_code(engine, transfer_id: int, amount_minor: int) -> int:
 
 def reject(engine, transfer_id: int) -> int:
     """An operator's `void_pending` of a held payment; its answer code."""
-    from switch.protocol import OP_VOID_PENDING, PendingItem, Request
-
     item = PendingItem(resolution_id(transfer_id, b"reject"), transfer_id, 0)
     outcome, = engine.process_batch([(engine.config.participants[OPERATOR_ID], Request(2, OP_VOID_PENDING, [item]))])
     return outcome.result[0]
@@ -402,8 +394,6 @@ class TestReviewQueueLimit:
         assert pay_codes(engine, (552, 0, qr)) == [Code.RISK_REVIEW]
 
     def test_the_audit_log_records_the_hold_the_full_queue_refused(self, impl):
-        from test_pipeline_rules import audit_records
-
         engine = engine_with_review_queue(impl, 1, [1_800_000_000 * NS])
         pay_codes(engine, (560, HELD_MINOR), (561, HELD_MINOR))
         refused, = [record for record in audit_records(engine) if record.payment_id == 561]
