@@ -12,19 +12,28 @@ from core_ext.codes import Code
 from core_ext.rules_types import (
     JOURNAL_RECORD, JOURNAL_VERSION, Action, CounterMeaning, RuleSetError, journal_meaning, load_ruleset,
 )
+from switch import config as config_module
+from switch.engine import Engine
+import test_server_helpers as fixtures
+from test_pipeline_rules import pay_batch
 from test_rules_engine import POSTED, SECOND, T0, ctx, dynamic, rule, toml_value
 
 INR, IDR = 356, 360
 LIMIT_MINOR = 100_000              # 1,000.00 of the rule set's currency a day
 
 
-def ruleset(currency: int, *extra: dict, limit_minor: int = LIMIT_MINOR, name: str = "day"):
+def ruleset_text_of(currency: int, name: str, *extra: dict, limit_minor: int = LIMIT_MINOR) -> str:
+    """A day-amount cap and the dynamic QR rule (and `extra`) in `currency` (0: each payment's own)."""
     rules = [rule("payer_day_amount", limit_minor=limit_minor), rule("dynamic_qr"), *extra]
-    lines = ["[ruleset]", f'name = "{name}"', f"currency = {currency}"]
+    lines = ["[ruleset]", f'name = "{name}"'] + ([f"currency = {currency}"] if currency else [])
     for table in rules:
         lines.append("[[rules]]")
         lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
-    return load_ruleset("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def ruleset(currency: int, *extra: dict, limit_minor: int = LIMIT_MINOR, name: str = "day"):
+    return load_ruleset(ruleset_text_of(currency, name, *extra, limit_minor=limit_minor))
 
 
 def paid(amount_minor: int, currency: int, step: int = 0, **fields):
@@ -152,3 +161,25 @@ def test_the_meaning_is_the_currency_and_the_band_of_the_structuring_rule_that_i
     assert banded.counter_meaning() == CounterMeaning(IDR, 45_000, 50_000)
     off = ruleset(IDR, rule("structuring", mode="off", threshold_minor=50_000, band_minor=5_000, count=2))
     assert off.counter_meaning() == CounterMeaning(IDR, 0, 0)
+
+
+# ---- through the engine and its storage ------------------------------------------------------
+
+def test_a_switch_reloaded_to_another_currency_restarts_with_the_same_counters(impl, tmp_path):
+    in_baht = ruleset(fixtures.THB, name="thb")
+    per_payment_text = ruleset_text_of(0, "own-currency")   # each payment's own currency: another meaning
+    config = config_module.parse(fixtures.document())
+    engine = Engine.open(config, str(tmp_path), durability="os", core=impl, rules=impl.RuleEngine(in_baht))
+    assert [code for code, _ in pay_batch(engine, (1, fixtures.PAYER, fixtures.static_qr(), 90_000))] == [Code.OK]
+    code, _ = engine.reload_rules_text(per_payment_text)
+    assert code == Code.OK and accounts_counted(engine.rules) == 0
+    assert [code for code, _ in pay_batch(engine, (2, fixtures.PAYER, fixtures.static_qr(), 20_000))] == [Code.OK]
+    live = engine.rules.state_hash()
+    engine.close()
+    reopened = Engine.open(config, str(tmp_path), durability="os", core=impl,
+                           rules=impl.RuleEngine(load_ruleset(per_payment_text)))
+    try:
+        assert reopened.rules.state_hash() == live
+        assert accounts_counted(reopened.rules) == 2          # the payer and the merchant of payment 2
+    finally:
+        reopened.close()
