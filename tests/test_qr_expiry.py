@@ -6,7 +6,9 @@ from __future__ import annotations
 import calendar
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
+import core_ext
 from core_ext import limits
 from core_ext.codes import Code
 from switch.qrmake import tlv, with_crc
@@ -121,3 +123,38 @@ def test_qrexpire_offsets_at_and_past_fourteen_hours(impl):
 
 def test_a_leap_day_qrexpire_is_a_date(impl):
     assert impl.parse_qr(upi("2028-02-29T00:00:00Z"), NOW_S).expiry_s == calendar.timegm((2028, 2, 29, 0, 0, 1))
+
+
+# ---- both cores agree on any value -------------------------------------------------------------
+
+CORES = [core_ext.implementation(name) for name in ("compiled", "reference")]
+
+
+def verdicts(payload: str, now_s: int) -> list[tuple]:
+    results = [core.parse_qr(payload, now_s) for core in CORES]
+    return [(result.code, result.tag, result.expiry_s) for result in results]
+
+
+DATETIME_PIECES = st.sampled_from(["2026", "03", "01", "29", "12", "59", "60", "00", "-", ":", "T", "Z", "+",
+                                   "%2B", "%3A", "14", "05", "30", "9", "a", ".", ""])
+
+
+# Near-valid datetimes: fields a little past their ranges, every offset form.
+DATETIMES = st.builds(
+    "{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}{}".format,
+    st.integers(0, 9999), st.integers(0, 13), st.integers(0, 32), st.integers(0, 24), st.integers(0, 60),
+    st.integers(0, 60), st.sampled_from(["", "Z", "z", "+05:30", "%2B14:00", "-14:00", "+14:01", "-00:00", "+5:30"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(DATETIMES, st.lists(DATETIME_PIECES, max_size=14).map("".join)), st.integers(0, 2**33))
+def test_both_cores_agree_on_any_qrexpire(expire, now_s):
+    compiled, reference = verdicts(upi(expire), now_s)
+    assert compiled == reference
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("0123456789x-.", min_size=1, max_size=16), st.integers(0, 2**35))
+def test_both_cores_agree_on_any_duitnow_expiry(expiry, now_s):
+    compiled, reference = verdicts(duitnow(expiry), now_s)
+    assert compiled == reference
