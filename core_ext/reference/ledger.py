@@ -627,10 +627,12 @@ class Ledger:
     def _restore(self, blob: memoryview) -> int:
         accounts, transfers, failed, self._timestamp_last = STATE_HEADER.unpack_from(blob, 0)
         offset = STATE_HEADER.size
-        for offset in range(offset, offset + accounts * ACCOUNT_STATE.size, ACCOUNT_STATE.size):
+        for _ in range(accounts):
             account = unpack_account_state(blob, offset)
+            if account.id in self._accounts:
+                raise ValueError(f"account {account.id} twice")
             self._accounts[account.id] = account
-        offset = STATE_HEADER.size + accounts * ACCOUNT_STATE.size
+            offset += ACCOUNT_STATE.size
         for _ in range(transfers):
             fields = TRANSFER_STATE.unpack_from(blob, offset)
             self._restore_transfer(_transfer_from_fields(fields), fields[16])
