@@ -25,9 +25,9 @@ directory (no checksums) is read as it is and upgraded in place when a switch op
 it for writing: its old records stay unchecked, every later one is checked.
 
 * ``snapshot``: key = big-endian u64 sequence S, value = checksum + msgpack manifest
-  ``[S, chunk count, [[component name, kind, bytes], ...]]``; ``snapshot_chunk``: key =
-  S + big-endian u32 chunk index, value = checksum + at most ``snapshot_chunk_bytes_max``
-  bytes.  The chunks, concatenated, are each component's section in manifest order.
+  ``[S, [[component name, kind, bytes, chunks], ...]]``; ``snapshot_chunk``: key = S +
+  big-endian u32 chunk index, value = checksum + at most ``snapshot_chunk_bytes_max``
+  bytes.  Each section has chunks of its own, numbered on from the previous section's.
   Kind ``state`` is a component's ``snapshot()`` (restored with ``restore(bytes)``);
   kind ``journal`` is a msgpack list of every journal blob of a component that has no
   snapshot of its own (re-applied with ``apply_journal``, as replay would).
@@ -225,6 +225,18 @@ def iterate_journal(env: lmdb.Environment, after_sequence: int = 0, upto_sequenc
             yield sequence, decode_record(payload)
 
 
+def iterate_stored_sections(env: lmdb.Environment):
+    """What iterate_journal yields, preceded by the newest snapshot's carried journal blobs as one
+    batch at its sequence: every journal section a compaction kept, for readers of component
+    journals (e.g. the audit log) whose component has no snapshot of its own."""
+    found = read_snapshot(env, wanted=lambda name, kind: kind == SNAPSHOT_JOURNAL)
+    after_sequence = 0
+    if found is not None:
+        after_sequence, sections = found
+        yield after_sequence, [(name, blob) for name, _, data in sections for blob in carried_blobs(data)]
+    yield from iterate_journal(env, after_sequence=after_sequence)
+
+
 # ---- snapshots -----------------------------------------------------------------------------
 
 def _snapshot_key(sequence: int) -> bytes:
@@ -243,9 +255,11 @@ def _snapshot_databases(env: lmdb.Environment):
         return None
 
 
-def read_snapshot(env: lmdb.Environment) -> tuple[int, list[tuple[str, str, bytes]]] | None:
-    """The newest snapshot as (sequence, [(component name, kind, bytes)]), every chunk verified;
-    None when the directory has none.  SnapshotCorrupt when any part fails its check."""
+def read_snapshot(env: lmdb.Environment, wanted=None) -> tuple[int, list[tuple[str, str, bytes]]] | None:
+    """The newest snapshot as (sequence, [(component name, kind, bytes)]), the chunks of every section
+    read verified; None when the directory has none.  `wanted(name, kind)` picks the sections to read
+    (default: all), so a reader of one small section never loads the ledger's.  SnapshotCorrupt when
+    any part read fails its check."""
     databases = _snapshot_databases(env)
     if databases is None:
         return None
@@ -256,34 +270,37 @@ def read_snapshot(env: lmdb.Environment) -> tuple[int, list[tuple[str, str, byte
                 return None
             key, value = cursor.item()
         sequence = decode_sequence(key)
-        chunk_count, sections = _decode_manifest(sequence, value)
-        data = b"".join(_read_chunk(txn, chunks, sequence, index) for index in range(chunk_count))
-    total = sum(length for _, _, length in sections)
-    if total != len(data):
-        raise SnapshotCorrupt(sequence, f"the manifest counts {total} bytes, the chunks hold {len(data)}")
-    found, offset = [], 0
-    for name, kind, length in sections:
-        found.append((name, kind, data[offset:offset + length]))
-        offset += length
+        found, first_chunk = [], 0
+        for name, kind, length, chunk_count in _decode_manifest(sequence, value):
+            if wanted is None or wanted(name, kind):
+                data = b"".join(_read_chunk(txn, chunks, sequence, index)
+                                for index in range(first_chunk, first_chunk + chunk_count))
+                if len(data) != length:
+                    raise SnapshotCorrupt(sequence, f"its '{name}' section holds {len(data)} bytes, "
+                                                    f"the manifest counts {length}")
+                found.append((name, kind, data))
+            first_chunk += chunk_count
     return sequence, found
 
 
-def _decode_manifest(sequence: int, value: bytes) -> tuple[int, list[tuple[str, str, int]]]:
+def _decode_manifest(sequence: int, value: bytes) -> list[tuple[str, str, int, int]]:
+    """[(name, kind, bytes, chunks)] of a snapshot's manifest, checked."""
     payload, problem = _verified(_snapshot_key(sequence), value)
     if payload is None:
         raise SnapshotCorrupt(sequence, f"its manifest: {problem}")
     try:
-        stored_sequence, chunk_count, sections = msgpack.unpackb(
+        stored_sequence, sections = msgpack.unpackb(
             payload, raw=False, max_str_len=limits.JOURNAL_SECTION_NAME_BYTES_MAX,
-            max_array_len=max(limits.JOURNAL_SECTIONS_MAX, 3), max_map_len=0, max_bin_len=0, max_ext_len=0)
-        sections = [(name, kind, length) for name, kind, length in sections]
+            max_array_len=limits.JOURNAL_SECTIONS_MAX, max_map_len=0, max_bin_len=0, max_ext_len=0)
+        sections = [(name, kind, length, chunk_count) for name, kind, length, chunk_count in sections]
     except (ValueError, TypeError, msgpack.UnpackException) as error:
         raise SnapshotCorrupt(sequence, f"its manifest cannot be decoded: {error}") from None
-    if (stored_sequence != sequence or not isinstance(chunk_count, int) or chunk_count < 0 or not all(
+    if stored_sequence != sequence or not all(
             isinstance(name, str) and kind in (SNAPSHOT_STATE, SNAPSHOT_JOURNAL)
-            and isinstance(length, int) and length >= 0 for name, kind, length in sections)):
-        raise SnapshotCorrupt(sequence, "its manifest is not [sequence, chunks, [[name, kind, bytes], ...]]")
-    return chunk_count, sections
+            and isinstance(length, int) and isinstance(chunk_count, int) and 0 <= length and 0 <= chunk_count
+            for name, kind, length, chunk_count in sections):
+        raise SnapshotCorrupt(sequence, "its manifest is not [sequence, [[name, kind, bytes, chunks], ...]]")
+    return sections
 
 
 def _read_chunk(txn: lmdb.Transaction, chunks, sequence: int, index: int) -> memoryview:
@@ -300,15 +317,18 @@ def _read_chunk(txn: lmdb.Transaction, chunks, sequence: int, index: int) -> mem
 
 def _put_snapshot(txn: lmdb.Transaction, manifests, chunks, sequence: int,
                   sections: list[tuple[str, str, bytes]]) -> None:
-    """Each section cut into chunks of at most snapshot_chunk_bytes_max, then the manifest naming them."""
-    index = 0
-    for _, _, data in sections:
+    """Each section cut into its own chunks of at most snapshot_chunk_bytes_max, then the manifest
+    naming every section with its size and chunk count (so one section can be read alone)."""
+    index, entries = 0, []
+    for name, kind, data in sections:
         view = memoryview(data)
-        for start in range(0, len(view), limits.SNAPSHOT_CHUNK_BYTES_MAX):
+        starts = range(0, len(view), limits.SNAPSHOT_CHUNK_BYTES_MAX)
+        for start in starts:
             part = bytes(view[start:start + limits.SNAPSHOT_CHUNK_BYTES_MAX])
             txn.put(_chunk_key(sequence, index), checksummed(_chunk_key(sequence, index), part), db=chunks)
             index += 1
-    manifest = msgpack.packb([sequence, index, [[name, kind, len(data)] for name, kind, data in sections]])
+        entries.append([name, kind, len(data), len(starts)])
+    manifest = msgpack.packb([sequence, entries])
     txn.put(_snapshot_key(sequence), checksummed(_snapshot_key(sequence), manifest), db=manifests)
 
 

@@ -275,8 +275,11 @@ def test_switch_ledger_compact_on_a_served_directory_keeps_every_component(tmp_p
             run_compact(str(data))                          # offline only: the switch holds it
     finally:
         engine.close()
+    carried_before = _carried_sections(data, storage.iterate_journal)
+    assert {name for name, _ in carried_before} >= {"merchants"}
     result = _switch("ledger", "compact", str(data), "--json")
     assert result.returncode == 0, result.stderr
+    assert _carried_sections(data, storage.iterate_stored_sections) == carried_before
     report = json.loads(result.stdout)
     assert report["compacted"] and report["snapshot_sequence"] > 1
     assert {bytes(key) for key in _keys(data, b"journal")} == set()
@@ -295,6 +298,15 @@ def test_switch_ledger_compact_on_a_served_directory_keeps_every_component(tmp_p
         restored.close()
     again = _switch("ledger", "compact", str(data))
     assert again.returncode == 0 and "nothing to compact" in again.stdout
+
+
+def _carried_sections(data, iterate) -> list[tuple[str, bytes]]:
+    """Every stored section of the components without a snapshot of their own, in order."""
+    env = storage.open_environment(data, readonly=True)
+    try:
+        return [(name, bytes(blob)) for _, sections in iterate(env) for name, blob in sections if name != "ledger"]
+    finally:
+        env.close()
 
 
 # ---- SIGKILL during compaction ------------------------------------------------------------------

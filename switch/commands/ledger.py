@@ -32,13 +32,11 @@ def _replay(data_dir: str):
 
 def _restore_snapshot(env, ledger) -> int:
     """Load the ledger's section of the newest snapshot; its sequence (0: no snapshot)."""
-    found = storage.read_snapshot(env)
+    found = storage.read_snapshot(env, wanted=lambda name, kind: name == ledger.name)
     if found is None:
         return 0
     sequence, sections = found
     for name, kind, data in sections:
-        if name != ledger.name:
-            continue
         try:
             if kind == storage.SNAPSHOT_STATE:
                 ledger.restore(data)
