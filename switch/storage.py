@@ -352,6 +352,20 @@ def carried_blobs(data: bytes) -> list[bytes]:
     return blobs
 
 
+def restore_section(component, sequence: int, kind: str, data: bytes) -> None:
+    """Load one snapshot section into a (reset) component; SnapshotCorrupt when it does not restore."""
+    try:
+        if kind == SNAPSHOT_JOURNAL:
+            for blob in carried_blobs(data):
+                component.apply_journal(blob)
+        elif hasattr(component, "restore"):
+            component.restore(data)
+        else:
+            raise ValueError("the component cannot restore a snapshot")
+    except (ValueError, msgpack.UnpackException) as error:
+        raise SnapshotCorrupt(sequence, f"its '{component.name}' section does not restore: {error}") from error
+
+
 class JournalCarrier:
     """Stands in for a component that has no snapshot() (offline compaction): it keeps the
     component's journal blobs as they are, and its snapshot section re-applies them in order."""
@@ -514,17 +528,7 @@ class Storage:
             return 0
         sequence, sections = found
         for name, kind, data in sections:
-            component = self._component(name, f"the snapshot of batch {sequence}")
-            try:
-                if kind == SNAPSHOT_JOURNAL:
-                    for blob in carried_blobs(data):
-                        component.apply_journal(blob)
-                elif hasattr(component, "restore"):
-                    component.restore(data)
-                else:
-                    raise ValueError("the component cannot restore a snapshot")
-            except (ValueError, msgpack.UnpackException) as error:
-                raise SnapshotCorrupt(sequence, f"its '{name}' section does not restore: {error}") from error
+            restore_section(self._component(name, f"the snapshot of batch {sequence}"), sequence, kind, data)
         return sequence
 
     def compact(self) -> int | None:

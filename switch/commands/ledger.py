@@ -36,15 +36,8 @@ def _restore_snapshot(env, ledger) -> int:
     if found is None:
         return 0
     sequence, sections = found
-    for name, kind, data in sections:
-        try:
-            if kind == storage.SNAPSHOT_STATE:
-                ledger.restore(data)
-            else:
-                for blob in storage.carried_blobs(data):
-                    ledger.apply_journal(blob)
-        except ValueError as error:
-            raise storage.SnapshotCorrupt(sequence, f"its '{name}' section does not restore: {error}") from error
+    for _, kind, data in sections:
+        storage.restore_section(ledger, sequence, kind, data)
     return sequence
 
 
