@@ -272,6 +272,16 @@ _ENTRIES: list[Entry] = [
           "The rule set given to reload_rules (or the rules file re-read on SIGHUP) is not valid; the running rule set is unchanged."),
     Entry(605, "RULES_NOT_CONFIGURED", "system",
           "The switch runs without a rules engine (no `rules` file in its configuration): there is no rule set to reload."),
+    Entry(606, "JOURNAL_CORRUPT", "system",
+          "Never sent: a journal record of the data directory fails its checksum (bit rot, a torn write, a bad restore). "
+          "The switch refuses to open the directory and names the batch; `switch ledger check` reports it. Restore from a backup."),
+    Entry(607, "STORAGE_FORMAT_UNSUPPORTED", "system",
+          "Never sent: the data directory's layout version is one this switch cannot read (written by a newer switch); "
+          "the switch refuses to open it and changes nothing."),
+    Entry(608, "SNAPSHOT_CORRUPT", "system",
+          "Never sent: the newest snapshot of the data directory (written by `switch ledger compact`) fails a checksum, "
+          "misses a chunk or does not restore. The switch refuses to open the directory and names the snapshot's batch; "
+          "`switch ledger check` reports it. Restore from a backup."),
 ]
 
 Code = enum.IntEnum("Code", [(entry.name, entry.value) for entry in _ENTRIES])

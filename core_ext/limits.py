@@ -35,6 +35,9 @@ CHECKPOINT_INTERVAL_BATCHES = 10_000
 # Components (sections) in one journal record, and the bytes of a section's name.
 JOURNAL_SECTIONS_MAX = 64
 JOURNAL_SECTION_NAME_BYTES_MAX = 64
+# A full snapshot (switch ledger compact) is stored in LMDB values of at most this many bytes,
+# so no single value is huge; a stored chunk past it is refused on read.
+SNAPSHOT_CHUNK_BYTES_MAX = 4 << 20
 
 # ---- protocol/server ---------------------------------------------------------
 # One frame's body (the 4-byte length prefix excluded). A full pay_batch of

@@ -132,7 +132,10 @@ class OperatorOps:
         except (OSError, UnicodeDecodeError) as error:
             log.warning("rules file %s unreadable: %s", self.rules_path, error)
             return Code.RULES_INVALID, _reason(error)
-        return self.reload_rules_text(text)
+        code, result = self.reload_rules_text(text)
+        if code == Code.OK and getattr(self, "input_log", None) is not None:
+            self.input_log.record_rules(text)   # not a request: `switch replay` must see it in its place
+        return code, result
 
     # ---- list_pending ----------------------------------------------------------------
 
