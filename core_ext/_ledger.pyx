@@ -82,6 +82,24 @@ cdef object U64_MASK = 2**64 - 1
 cdef object _ACCOUNT_STATE_TAIL = struct.Struct("<QQQQ")
 cdef object _HEADER = struct.Struct("<QQQQ")
 cdef object _FAILED = struct.Struct("<QQ")
+cdef object _SNAPSHOT_COUNT = struct.Struct("<Q")
+cdef object _HISTORY_HEADER = struct.Struct("<QQ")
+cdef object _HISTORY_ROW = struct.Struct("<QQQQQ")
+
+
+cdef packed struct AccountStateC:
+    # One account of state_bytes()/checkpoint(): the journal record, then the four balances.
+    AccountRecordC record
+    uint64_t debits_pending
+    uint64_t debits_posted
+    uint64_t credits_pending
+    uint64_t credits_posted
+
+
+cdef packed struct TransferStateC:
+    # One transfer of state_bytes(): the journal record, then its status.
+    TransferRecordC record
+    uint8_t status
 
 
 # ---- hashing ------------------------------------------------------------------
@@ -1412,6 +1430,39 @@ cdef class Ledger:
             out += _ACCOUNT_STATE_TAIL.pack(a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
         return bytes(out)
 
+    def snapshot(self):
+        """The whole state, for storage's snapshots: state_bytes(), then every history account's rows
+        (oldest first) in account order -- the twin's bytes.  restore() of them rebuilds an equal ledger."""
+        out = bytearray(self.state_bytes())
+        cdef Py_ssize_t row
+        cdef int64_t history_row
+        cdef HistoryC* h
+        with_history = [row for row in range(self.account_rows) if self.accounts[row].history_last >= 0]
+        out += _SNAPSHOT_COUNT.pack(len(with_history))
+        for row in with_history:
+            rows = []
+            history_row = self.accounts[row].history_last
+            while history_row >= 0:
+                h = &self.history[history_row]
+                rows.append(_HISTORY_ROW.pack(h.timestamp, h.debits_pending, h.debits_posted,
+                                              h.credits_pending, h.credits_posted))
+                history_row = h.previous
+            out += _HISTORY_HEADER.pack(self.accounts[row].id, len(rows))
+            out += b"".join(reversed(rows))
+        return bytes(out)
+
+    def restore(self, const unsigned char[:] blob):
+        """Replace the whole state by a snapshot(); ValueError (and an empty ledger) when it is malformed."""
+        self.reset()
+        try:
+            end = _restore_state(self, blob)
+        except (struct.error, ValueError) as error:
+            self.reset()
+            raise ValueError(f"ledger snapshot: malformed: {error!r}") from error
+        if end != blob.shape[0]:
+            self.reset()
+            raise ValueError(f"ledger snapshot: {blob.shape[0] - end} bytes after its end")
+
     # ---- invariants -------------------------------------------------------------
 
     def check_invariants(self):
@@ -1419,3 +1470,72 @@ cdef class Ledger:
         from core_ext.reference.ledger import check_accounts
         cdef Py_ssize_t row
         return check_accounts([_account_to_python(&self.accounts[row]) for row in range(self.account_rows)])
+
+
+# ---- restoring a snapshot (Ledger.restore) -------------------------------------
+
+cdef Py_ssize_t _restore_state(Ledger self, const unsigned char[:] blob) except -1:
+    accounts, transfers, failed, timestamp_last = _HEADER.unpack_from(blob, 0)
+    cdef Py_ssize_t offset = _HEADER.size, index
+    if (accounts * sizeof(AccountStateC) + transfers * sizeof(TransferStateC) + failed * 16
+            > blob.shape[0] - offset):
+        raise ValueError("the counts in its header are past its end")
+    self.timestamp_last = timestamp_last
+    if self._reserve(accounts, transfers + failed) < 0:
+        raise MemoryError("ledger: out of memory")
+    for index in range(accounts):
+        _restore_account(self, <const AccountStateC*>&blob[offset])
+        offset += sizeof(AccountStateC)
+    for index in range(transfers):
+        _restore_transfer(self, <const TransferStateC*>&blob[offset])
+        offset += sizeof(TransferStateC)
+    for index in range(failed):
+        self._replay_failed(<const uint64_t*>&blob[offset])
+        offset += 16
+    return _restore_history(self, blob, offset)
+
+cdef int _restore_account(Ledger self, const AccountStateC* state) except -1:
+    self._replay_account(&state.record)
+    cdef AccountC* a = &self.accounts[self.account_rows - 1]
+    a.debits_pending = state.debits_pending
+    a.debits_posted = state.debits_posted
+    a.credits_pending = state.credits_pending
+    a.credits_posted = state.credits_posted
+    return 0
+
+cdef int _restore_transfer(Ledger self, const TransferStateC* state) except -1:
+    """A transfer as replay leaves it: a pending one with a timeout keeps its expiry time."""
+    cdef TransferC t
+    _transfer_from_record(&state.record, &t)
+    if state.status > STATUS_PENDING_EXPIRED or self._find_transfer(t.id_lo, t.id_hi) >= 0:
+        raise ValueError(f"transfer {_u128_int(t.id_lo, t.id_hi)} twice or with status {state.status}")
+    if t.flags & TRANSFER_PENDING and t.timeout:
+        t.expires_at_ns = t.timestamp + <uint64_t>t.timeout * NS_PER_SECOND
+    if self._insert_transfer(&t, state.status, False) < 0:
+        raise MemoryError("ledger: out of memory")
+    if state.status == STATUS_PENDING and t.expires_at_ns and self._push_expiry(self.transfer_rows - 1) < 0:
+        raise MemoryError("ledger: out of memory")
+    return 0
+
+cdef Py_ssize_t _restore_history(Ledger self, const unsigned char[:] blob, Py_ssize_t offset) except -1:
+    history_accounts, = _SNAPSHOT_COUNT.unpack_from(blob, offset)
+    offset += _SNAPSHOT_COUNT.size
+    cdef int64_t row
+    cdef HistoryC* h
+    for _ in range(history_accounts):
+        account_id, rows = _HISTORY_HEADER.unpack_from(blob, offset)
+        offset += _HISTORY_HEADER.size
+        row = self._find_account(account_id)
+        if row < 0 or self.accounts[row].history_last >= 0 or rows > (blob.shape[0] - offset) // 40:
+            raise ValueError(f"history of account {account_id}: unknown, twice or past the end")
+        for _ in range(rows):
+            if _grow(<void**>&self.history, &self.history_capacity, self.history_rows + 1, sizeof(HistoryC)) < 0:
+                raise MemoryError("ledger: out of memory")
+            h = &self.history[self.history_rows]
+            h.timestamp, h.debits_pending, h.debits_posted, h.credits_pending, h.credits_posted = \
+                _HISTORY_ROW.unpack_from(blob, offset)
+            h.previous = self.accounts[row].history_last
+            self.accounts[row].history_last = self.history_rows
+            self.history_rows += 1
+            offset += _HISTORY_ROW.size
+    return offset

@@ -76,6 +76,8 @@ cdef struct ParticipantC:
     bint bucket_started
     int64_t tokens
     int64_t updated_ns
+    int64_t rate_per_second          # its own token bucket: items per second, and burst
+    int64_t rate_burst
 
 
 # The part of a sampled payment's decide-and-post being timed (_pipeline.pyx, part_switch).
@@ -142,6 +144,7 @@ cdef class Pipeline:
     cdef Py_ssize_t _audit_count
     cdef Out _response
     cdef list _holds
+    cdef public int64_t review_slots_free    # the review queue's free slots this call (set by the engine)
     # stage clocks (ns) and counts
     cdef uint64_t stage_ns[4]            # decode, qr, decide-and-post, respond: every call
     cdef uint64_t part_sampled_ns[2]     # rules, post: decide-and-post's parts on the sampled payments

@@ -610,6 +610,7 @@ cdef class Pipeline:
         self.rules = rules
         self._keep = []
         self._holds = []
+        self.review_slots_free = LIMIT_REVIEW_QUEUE_ITEMS_MAX
         self._payloads = []
         self.review_timeout_seconds = settings.review_timeout_seconds
         self.rate_per_second = settings.rate_items_per_second
@@ -645,6 +646,8 @@ cdef class Pipeline:
             self.participants[index].is_operator = participant.is_operator
             self.participants[index].range_first = at
             self.participants[index].range_count = len(participant.range_starts)
+            self.participants[index].rate_per_second = participant.rate_items_per_second or self.rate_per_second
+            self.participants[index].rate_burst = participant.rate_burst_items or self.rate_burst
             for start, end in zip(participant.range_starts, participant.range_ends):
                 self.range_starts[at], self.range_ends[at] = start, end
                 at += 1
@@ -858,15 +861,16 @@ cdef class Pipeline:
         cdef int64_t elapsed_ns, refill
         if not participant.bucket_started:
             participant.bucket_started = True
-            participant.tokens = self.rate_burst
+            participant.tokens = participant.rate_burst
             participant.updated_ns = now_ns
         elapsed_ns = now_ns - participant.updated_ns if now_ns > participant.updated_ns else 0
         refill = 0
         if elapsed_ns:         # no 128-bit divide when no time passed: every payment of a batch after the first
-            refill = <int64_t>(<pipeline_u128>elapsed_ns * <uint64_t>self.rate_per_second / NS_PER_SECOND)
+            refill = <int64_t>(<pipeline_u128>elapsed_ns * <uint64_t>participant.rate_per_second / NS_PER_SECOND)
         if refill:
-            participant.tokens = min(self.rate_burst, participant.tokens + refill)
-            participant.updated_ns += <int64_t>(<pipeline_u128>refill * NS_PER_SECOND / <uint64_t>self.rate_per_second)
+            participant.tokens = min(participant.rate_burst, participant.tokens + refill)
+            participant.updated_ns += <int64_t>(<pipeline_u128>refill * NS_PER_SECOND
+                                                / <uint64_t>participant.rate_per_second)
         if participant.tokens < count:
             return False
         participant.tokens -= count
@@ -1202,6 +1206,9 @@ cdef class Pipeline:
         if decision.action == ACTION_DECLINE:
             item.code = decision.code
             return 0
+        if decision.action == ACTION_REVIEW and self.review_slots_free <= 0:
+            item.code = CODE_REVIEW_QUEUE_FULL      # before the QR guard: a dynamic code stays unused
+            return 0
         if item.dynamic:
             item.code = self._guard(item, index, now_ns)
             if item.code:
@@ -1251,6 +1258,7 @@ cdef class Pipeline:
         """A held payment, for the review queue (rare: Python objects are fine here)."""
         rules = self._rules.ruleset.rules if self._rules is not None else ()
         rule_ids = tuple(rule.id for bit, rule in enumerate(rules) if (fired_mask >> bit) & 1)
+        self.review_slots_free -= 1
         self._holds.append((((<object>item.id_hi) << 64) | item.id_lo, now_ns, participant.id, rule_ids))
         return 0
 

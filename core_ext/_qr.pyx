@@ -1004,6 +1004,35 @@ cdef enum:
 assert _PAYNOW_UTC_OFFSET_S == _tables.PAYNOW_UTC_OFFSET_S
 
 
+cdef int rules_duitnow(Ctx* c) noexcept nogil:
+    cdef int slot = 0
+    cdef int tag
+    cdef int32_t start, end
+    cdef int rc = check_currency_and_country(c, 458, 458, b"MY") or rules_sub_required(c, P_DUITNOW, 2)
+    tag = next_template(c, &slot, P_DUITNOW)
+    while tag and not rc:
+        if find_sub(c, tag, 3, &start, &end):
+            rc = duitnow_expiry(c, start, end, tag)
+        tag = next_template(c, &slot, P_DUITNOW)
+    return rc
+
+
+cdef int duitnow_expiry(Ctx* c, int32_t start, int32_t end, int tag) noexcept nogil:
+    """Epoch milliseconds, at most qr_expiry_ms_digits_max digits; zero (all zeros: Maybank's
+    static stickers write 0000000000) means the code does not expire."""
+    cdef int64_t expiry_ms
+    if not (end - start <= <int32_t>LIMIT_QR_EXPIRY_MS_DIGITS_MAX and span_digits(c, start, end)):
+        return fail(c, CODE_QR_BAD_EXPIRY, 2, tag, 3, 0)
+    expiry_ms = span_number(c, start, end)
+    if expiry_ms:
+        c.verdict.has_expiry = True
+        c.verdict.expiry_s = (expiry_ms + 999) // 1000
+        c.expiry_depth = 2
+        c.expiry_ids[0] = tag
+        c.expiry_ids[1] = 3
+    return 0
+
+
 cdef int rules_sub_required(Ctx* c, int kind, int sub) noexcept nogil:
     cdef int slot
     cdef int tag
@@ -1118,7 +1147,7 @@ cdef int check_profile_rules(Ctx* c) noexcept nogil:
     if profile == P_SGQR:
         return check_currency_and_country(c, 702, 702, b"SG")
     if profile == P_DUITNOW:
-        return check_currency_and_country(c, 458, 458, b"MY") or rules_sub_required(c, P_DUITNOW, 2)
+        return rules_duitnow(c)
     if profile == P_QRIS:
         return check_currency_and_country(c, 360, 360, b"ID") or rules_sub_required(c, P_QRIS, 2)
     if profile == P_QRPH:
@@ -1494,7 +1523,7 @@ cdef int upi_validate(Ctx* c) noexcept nogil:
 
 
 cdef int upi_validate_rest(Ctx* c, UpiParams* params, unsigned char* scratch) noexcept nogil:
-    cdef int index
+    cdef int index, rc
     cdef int32_t size
     index = upi_find(c, params, b"cu")
     if index >= 0:
@@ -1520,8 +1549,77 @@ cdef int upi_validate_rest(Ctx* c, UpiParams* params, unsigned char* scratch) no
     # A merchant link carries the acquirer's merchant id; merchant and dynamic links need tr.
     if (upi_find(c, params, b"mid") >= 0 or c.verdict.dynamic) and upi_find(c, params, b"tr") < 0:
         return fail_key(c, CODE_UPI_MISSING_PARAM, K_TR)
+    rc = upi_expiry(c, params, scratch)
+    if rc:
+        return rc
     fill_upi_fields(c, params)
     return 0
+
+
+cdef int upi_expiry(Ctx* c, UpiParams* params, unsigned char* scratch) noexcept nogil:
+    """QRexpire: the verdict's expiry; QR_BAD_EXPIRY when malformed, QR_EXPIRED once past (with a clock)."""
+    cdef int index = upi_find(c, params, b"QRexpire")
+    cdef int32_t size
+    cdef int64_t expiry_s
+    if index < 0:
+        return 0
+    size = percent_decode(c.data, params.value_start[index], params.value_end[index], scratch)
+    if not upi_expiry_s(scratch, size, &expiry_s):
+        return fail_key(c, CODE_QR_BAD_EXPIRY, K_QREXPIRE)
+    c.verdict.has_expiry = True
+    c.verdict.expiry_s = expiry_s
+    if c.now_s > 0 and c.now_s >= expiry_s:
+        return fail_key(c, CODE_QR_EXPIRED, K_QREXPIRE)
+    return 0
+
+
+cdef bint upi_expiry_s(const unsigned char* value, int32_t size, int64_t* expiry_s) noexcept nogil:
+    """QRexpire, ISO 8601 to the second: YYYY-MM-DDTHH:MM:SS, then Z, +HH:MM or -HH:MM, or nothing
+    for Indian time; good through that second, so *expiry_s is the next one.  False when malformed."""
+    cdef int64_t year, month, day, hour, minute, second, offset_s
+    if not (size == 19 or size == 20 or size == 25) or value[4] != 45 or value[7] != 45 or value[10] != 84 \
+            or value[13] != 58 or value[16] != 58:
+        return False
+    offset_s = utc_offset_s(value + 19, size - 19)
+    year, month, day = digits_at(value, 0, 4), digits_at(value, 5, 2), digits_at(value, 8, 2)
+    hour, minute, second = digits_at(value, 11, 2), digits_at(value, 14, 2), digits_at(value, 17, 2)
+    if offset_s == NO_UTC_OFFSET or not (year >= 1 and 1 <= month <= 12 and 1 <= day <= days_in_month(year, month)
+                                         and 0 <= hour <= 23 and 0 <= minute <= 59 and 0 <= second <= 59):
+        return False
+    expiry_s[0] = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second - offset_s + 1
+    return True
+
+
+cdef enum:
+    NO_UTC_OFFSET = 1 << 30         # utc_offset_s: the text is not an offset
+    _UPI_UTC_OFFSET_S = 5 * 3600 + 30 * 60
+assert _UPI_UTC_OFFSET_S == _tables.UPI_UTC_OFFSET_S
+
+
+cdef int64_t utc_offset_s(const unsigned char* text, int32_t size) noexcept nogil:
+    """"" (Indian time), "Z", or +HH:MM / -HH:MM up to 14:00, in seconds east; NO_UTC_OFFSET otherwise."""
+    cdef int64_t hours, minutes
+    if size == 0:
+        return _UPI_UTC_OFFSET_S
+    if size == 1 and text[0] == 90:
+        return 0
+    if size != 6 or not (text[0] == 43 or text[0] == 45) or text[3] != 58:
+        return NO_UTC_OFFSET
+    hours, minutes = digits_at(text, 1, 2), digits_at(text, 4, 2)
+    if hours < 0 or minutes < 0 or hours > 14 or minutes > 59 or (hours == 14 and minutes):
+        return NO_UTC_OFFSET
+    return (hours * 3600 + minutes * 60) * (1 if text[0] == 43 else -1)
+
+
+cdef int64_t digits_at(const unsigned char* value, int32_t start, int32_t count) noexcept nogil:
+    """The decimal number value[start:start + count], or -1 when a byte is not a digit."""
+    cdef int64_t number = 0
+    cdef int32_t index
+    for index in range(start, start + count):
+        if not is_digit(value[index]):
+            return -1
+        number = number * 10 + (value[index] - 48)
+    return number
 
 
 cdef void fill_upi_fields(Ctx* c, UpiParams* params) noexcept nogil:
@@ -1565,7 +1663,8 @@ cdef enum:
     K_MC = 5
     K_URL = 6
     K_TR = 7
-UPI_KEY_NAMES = ("pa", "pn", "am", "mam", "cu", "mc", "url", "tr")
+    K_QREXPIRE = 8
+UPI_KEY_NAMES = ("pa", "pn", "am", "mam", "cu", "mc", "url", "tr", "QRexpire")
 
 
 # ---- entry points -----------------------------------------------------------------------------

@@ -161,6 +161,8 @@ cdef class RuleEngine:
     cdef uint8_t* _journal
     cdef Py_ssize_t _journal_bytes
     cdef Py_ssize_t _journal_capacity
+    cdef object _meaning                          # the running set's CounterMeaning
+    cdef object _counted_meaning                  # the counters' (another only while a journal replays)
 
     # The compiled pipeline's entry points: decide on a struct, apply a posted one.
     cdef void evaluate_struct(self, const PaymentCtx* ctx, DecisionOut* out)
@@ -178,6 +180,7 @@ cdef class RuleEngine:
     cdef int _apply(self, int64_t now_ns, uint64_t payer_id, uint64_t payee_id, uint64_t device_id,
                     uint64_t qr_digest, int64_t qr_expires_ns, uint64_t amount, uint8_t flags,
                     const StateSlots* hints) except -1
+    cdef int _forget_counters(self) except -1
     cdef int _journal_append(self, int64_t now_ns, uint64_t payer_id, uint64_t payee_id, uint64_t device_id,
                              uint64_t qr_digest, int64_t qr_expires_ns, uint64_t amount, uint8_t flags) except -1
 

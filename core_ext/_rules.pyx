@@ -24,8 +24,8 @@ import sys
 
 from core_ext.rules_types import (
     BLOCKLIST_FIELDS, DAY, DAYS_30, HOUR, JOURNAL_RECORD, JOURNAL_VERSION, MERCHANT_DAY_NS, MODE_NAMES,
-    SKETCH_BUCKET_NS, Decision, Kind, Mode, check_compiled, context_problem, journal_records, rule_stats, state_digest,
-    table_capacities,
+    SKETCH_BUCKET_NS, Decision, Kind, Mode, check_compiled, check_reload_between_batches, context_problem,
+    journal_blob, journal_records, replay_plan, rule_stats, state_digest, table_capacities,
 )
 
 cdef extern from *:
@@ -656,6 +656,7 @@ cdef class RuleEngine:
         if self._account_states == NULL or self._device_states == NULL or self._qr_expires == NULL:
             raise MemoryError()
         self.ruleset = ruleset
+        self._meaning = self._counted_meaning = ruleset.counter_meaning()
         self._load(ruleset, {})
 
     def __dealloc__(self):
@@ -678,12 +679,19 @@ cdef class RuleEngine:
 
     def reload(self, ruleset):
         """Swap the whole set; the caller does it between batches. Counters are
-        kept; per-rule statistics are kept for rules whose id and version stay."""
+        kept unless the set changes their meaning (rules_types.CounterMeaning): then
+        they are forgotten. Per-rule statistics are kept for rules whose id and version stay."""
+        check_compiled(ruleset)
+        meaning = ruleset.counter_meaning()
+        check_reload_between_batches(self._journal_bytes > 0, self._meaning, meaning)
         old = {}
         for index, rule in enumerate(self.ruleset.rules):
             old[(rule.id, rule.version)] = (self._hits[index], self._shadow_hits[index], self._evaluations[index],
                                             self._samples[index], self._time_ns_sampled[index])
         self._load(ruleset, old)
+        if meaning != self._meaning:
+            self._forget_counters()
+        self._meaning = self._counted_meaning = meaning
 
     cdef int _load(self, object ruleset, dict old) except -1:
         cdef CRule* rules
@@ -966,21 +974,36 @@ cdef class RuleEngine:
     def reset(self):
         """Forget all counters and any unjournaled effects (storage reload replays from empty).
         Slots are zeroed when reused, so only the indexes are renewed; statistics stay."""
+        self._forget_counters()
+        self._qr = _Lru(self._qr.capacity)
+        self._counted_meaning = self._meaning
+        self._journal_bytes = 0
+
+    cdef int _forget_counters(self) except -1:
+        """The per-account and per-device counters; the dynamic QR replay table stays."""
         self._accounts = _Lru(self._accounts.capacity)
         self._devices = _Lru(self._devices.capacity)
-        self._qr = _Lru(self._qr.capacity)
-        self._journal_bytes = 0
+        return 0
 
     def take_journal(self):
         if self._journal_bytes == 0:
             return None
-        blob = PyBytes_FromStringAndSize(<char*>self._journal, self._journal_bytes)
+        # The buffer starts with a version 1 byte (_journal_append); the blob says the meaning instead.
+        blob = journal_blob(self._meaning, PyBytes_FromStringAndSize(<char*>self._journal + 1, self._journal_bytes - 1))
         self._journal_bytes = 0
         return blob
 
     def apply_journal(self, blob):
-        for now_ns, payer_id, payee_id, device_id, qr_digest, qr_expires_ns, amount, flags in journal_records(blob):
-            self._apply(now_ns, payer_id, payee_id, device_id, qr_digest, qr_expires_ns, amount, flags, NULL)
+        cdef bint fresh
+        records = journal_records(blob)       # all or nothing: a malformed blob changes nothing
+        forget, count, self._counted_meaning = replay_plan(self._counted_meaning, self._meaning, blob)
+        if forget:
+            self._forget_counters()
+        for now_ns, payer_id, payee_id, device_id, qr_digest, qr_expires_ns, amount, flags in records:
+            if count:
+                self._apply(now_ns, payer_id, payee_id, device_id, qr_digest, qr_expires_ns, amount, flags, NULL)
+            elif flags & FLAG_QR_DYNAMIC:
+                self._qr_expires[self._qr.touch(qr_digest, &fresh)] = qr_expires_ns
 
     def state_hash(self):
         return state_digest((

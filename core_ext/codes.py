@@ -186,8 +186,10 @@ _ENTRIES: list[Entry] = [
     Entry(328, "QR_BAD_ACCOUNT", "qr",
           "A national scheme's account identifier is malformed (e.g. PromptPay mobile not 13 digits, VietQR bank BIN not 6 digits)."),
     Entry(329, "QR_BAD_EXPIRY", "qr",
-          "An expiry or timestamp field is malformed (PayNow 26.04 date, KHQR 99 timestamps of 13 digits)."),
-    Entry(330, "QR_EXPIRED", "qr", "The code's expiry has passed."),
+          "An expiry or timestamp field is malformed (PayNow 26.04 date, KHQR 99 timestamps of 13 digits, DuitNow "
+          "26.03 epoch milliseconds of at most 13 digits, UPI QRexpire not ISO 8601 YYYY-MM-DDTHH:MM:SS[Z|+HH:MM])."),
+    Entry(330, "QR_EXPIRED", "qr",
+          "The code's expiry has passed (PayNow 26.04, KHQR 99.01, DuitNow 26.03, UPI QRexpire)."),
     Entry(331, "QR_PROFILE_RULE", "qr",
           "A rule of the national profile is broken (e.g. Pix location with a URL scheme, KHQR UnionPay with USD, PayNow fixed amount not editable)."),
     Entry(350, "UPI_BAD_SCHEME", "qr", "A UPI payload that does not start with `upi://pay?`."),
@@ -223,6 +225,10 @@ _ENTRIES: list[Entry] = [
           "A merchant registration field is missing or out of range (scheme, identifier, name, MCC, country, currency, account)."),
     Entry(409, "MERCHANTS_LIMIT_REACHED", "payment",
           "The merchant directory holds merchant_keys_max registrations; this one was not added."),
+    Entry(410, "REVIEW_QUEUE_FULL", "payment",
+          "The rules would hold this payment for review, but the review queue already holds review_queue_items_max "
+          "payments (or the configured review_queue_items_max): it is declined and nothing was reserved. Retry "
+          "later with the same id, once operators have decided held payments."),
 
     # ---- 450-499: risk and AML decisions --------------------------------------
     # What a wallet sees; which rule fired stays in the operator's audit log.
@@ -266,6 +272,16 @@ _ENTRIES: list[Entry] = [
           "The rule set given to reload_rules (or the rules file re-read on SIGHUP) is not valid; the running rule set is unchanged."),
     Entry(605, "RULES_NOT_CONFIGURED", "system",
           "The switch runs without a rules engine (no `rules` file in its configuration): there is no rule set to reload."),
+    Entry(606, "JOURNAL_CORRUPT", "system",
+          "Never sent: a journal record of the data directory fails its checksum (bit rot, a torn write, a bad restore). "
+          "The switch refuses to open the directory and names the batch; `switch ledger check` reports it. Restore from a backup."),
+    Entry(607, "STORAGE_FORMAT_UNSUPPORTED", "system",
+          "Never sent: the data directory's layout version is one this switch cannot read (written by a newer switch); "
+          "the switch refuses to open it and changes nothing."),
+    Entry(608, "SNAPSHOT_CORRUPT", "system",
+          "Never sent: the newest snapshot of the data directory (written by `switch ledger compact`) fails a checksum, "
+          "misses a chunk or does not restore. The switch refuses to open the directory and names the snapshot's batch; "
+          "`switch ledger check` reports it. Restore from a backup."),
 ]
 
 Code = enum.IntEnum("Code", [(entry.name, entry.value) for entry in _ENTRIES])

@@ -35,6 +35,9 @@ CHECKPOINT_INTERVAL_BATCHES = 10_000
 # Components (sections) in one journal record, and the bytes of a section's name.
 JOURNAL_SECTIONS_MAX = 64
 JOURNAL_SECTION_NAME_BYTES_MAX = 64
+# A full snapshot (switch ledger compact) is stored in LMDB values of at most this many bytes,
+# so no single value is huge; a stored chunk past it is refused on read.
+SNAPSHOT_CHUNK_BYTES_MAX = 4 << 20
 
 # ---- protocol/server ---------------------------------------------------------
 # One frame's body (the 4-byte length prefix excluded). A full pay_batch of
@@ -127,6 +130,8 @@ QR_ADDITIONAL_DATA_CHARS_MAX = 25
 QR_TAX_ID_CHARS_MAX = 20
 # Merchant keys one result carries (one per merchant account object, most specific first).
 QR_MERCHANT_KEYS_MAX = 8
+# Digits of an expiry in epoch milliseconds (DuitNow 26.03): 13 reach the year 2286.
+QR_EXPIRY_MS_DIGITS_MAX = 13
 # UPI links: parameters per link, characters of a payee address.
 UPI_PARAMS_MAX = 64
 UPI_VPA_CHARS_MAX = 255
@@ -142,6 +147,11 @@ USED_QR_COUNT_MAX = 10_000_000
 # A payment held for review stays pending this long unless the config says otherwise
 # (then the ledger voids it and the funds return); the config may choose 1..timeout_seconds_max.
 REVIEW_TIMEOUT_SECONDS_DEFAULT = 86_400
+# Payments held for review at once (pending, waiting for an operator). Past it a payment the rules
+# would hold is declined REVIEW_QUEUE_FULL: a flood of held payments cannot grow memory (about
+# 0.5 KiB a held payment with its journal record) or reserve funds without bound. The config may
+# choose 1..review_queue_items_max.
+REVIEW_QUEUE_ITEMS_MAX = 100_000
 # FATF R.16 conversion: US cents per 1,000,000 minor units of a currency (1,000 US cents per
 # minor unit at most: no currency's minor unit is worth more than USD 10).
 USD_RATE_PER_MILLION_MAX = 10**9

@@ -58,6 +58,8 @@ class ParticipantSettings(NamedTuple):
     is_operator: bool
     range_starts: tuple                  # sorted inclusive ranges of owned accounts
     range_ends: tuple
+    rate_items_per_second: int = 0       # this participant's token bucket; 0: PipelineSettings' rate
+    rate_burst_items: int = 0
 
 
 class PipelineSettings(NamedTuple):

@@ -75,6 +75,8 @@ QRIS_PAN_PREFIX = "936"
 QRIS_PAN_CHARS_MIN = 15
 # PayNow dates are Singapore dates (UTC+8); a code is good through its expiry day.
 PAYNOW_UTC_OFFSET_S = 8 * 3600
+# A UPI link's QRexpire without a UTC offset is an Indian time (IST, UTC+5:30).
+UPI_UTC_OFFSET_S = 5 * 3600 + 30 * 60
 VIETQR_SERVICE_CODES = ("QRIBFTTA", "QRIBFTTC")
 
 # Scheme names of the primitive merchant account IDs 02-25 (EMVCo Table 3.6).

@@ -214,8 +214,12 @@ def sketch_bits_max(distinct_max: int) -> int:
 
 
 # A journal record: what `observe` applied, so replay needs neither rule set nor clock.
+# Version 1: records only (written before counters had a meaning stamp; replayed as the
+# running rule set's). Version 2: the counters' meaning (CounterMeaning), then records.
 JOURNAL_VERSION = 1
+JOURNAL_VERSION_MEANING = 2
 JOURNAL_RECORD = struct.Struct("<qQQQQqQB")   # now, payer, payee, device, qr, qr_expires, amount, flags
+JOURNAL_MEANING = struct.Struct("<IQQ")       # currency, structuring band low, high
 JOURNAL_FLAG_QR_DYNAMIC = 1
 JOURNAL_FLAG_STRUCTURING_BAND = 2
 
@@ -353,6 +357,12 @@ class RuleSet:
     rules: tuple              # CompiledRule, in evaluation order
     currency: int = 0         # ISO 4217 numeric of every *_minor amount in the set; 0: each payment's own (one-currency switch)
 
+    def counter_meaning(self) -> "CounterMeaning":
+        """What the per-account and per-device counters' amounts mean under this set: the
+        currency they are converted to, and the structuring band observe flags payments in."""
+        low, high = self.structuring_band() or (0, 0)
+        return CounterMeaning(self.currency, low, high)
+
     def structuring_band(self) -> tuple[int, int] | None:
         """[low, high) of the structuring rule that is not off, if any: observe counts payments in it."""
         for rule in self.rules:
@@ -363,6 +373,31 @@ class RuleSet:
 
 class RuleSetError(ValueError):
     """An invalid rule set; the message names the rule and the field."""
+
+
+class CounterMeaning(NamedTuple):
+    """RuleSet.counter_meaning: counters accumulated under one meaning are never compared with
+    limits of another.  A reload that changes it forgets the per-account and per-device
+    counters (the dynamic QR replay table stays); the journal stamps it on every blob, so a
+    replay forgets at the same point, and a restart with a rules file of another meaning
+    replays none of the old counters."""
+    currency: int
+    structuring_low_minor: int
+    structuring_high_minor: int
+
+    def describe(self) -> str:
+        band = (f"[{self.structuring_low_minor}, {self.structuring_high_minor})" if self.structuring_high_minor
+                else "none")
+        return f"currency {self.currency or 'per payment'}, structuring band {band}"
+
+
+def check_reload_between_batches(journal_pending: bool, old: CounterMeaning, new: CounterMeaning) -> None:
+    """A reload that changes the counters' meaning forgets them, so it must come between two
+    commits: payments observed since the last one would be journaled under the new meaning."""
+    if journal_pending and old != new:
+        raise RuleSetError(f"this rule set changes the counters' meaning ({old.describe()} -> {new.describe()}) "
+                           "while payments observed since the last commit are not journaled yet: reload "
+                           "between batches")
 
 
 def check_compiled(ruleset: "RuleSet") -> None:
@@ -560,11 +595,39 @@ def state_digest(tables) -> bytes:
     return digest.digest()
 
 
+def journal_blob(meaning: CounterMeaning, records: bytes) -> bytes:
+    """A version 2 journal blob: the counters' meaning, then the packed records."""
+    return bytes([JOURNAL_VERSION_MEANING]) + JOURNAL_MEANING.pack(*meaning) + records
+
+
+def journal_meaning(blob: bytes) -> CounterMeaning | None:
+    """The meaning a blob's records were counted under; None for a version 1 blob (the running
+    rule set's).  journal_records refuses a malformed blob."""
+    if isinstance(blob, (bytes, bytearray)) and blob[:1] == bytes([JOURNAL_VERSION_MEANING]) \
+            and len(blob) >= 1 + JOURNAL_MEANING.size:
+        return CounterMeaning(*JOURNAL_MEANING.unpack_from(blob, 1))
+    return None
+
+
+def replay_plan(counted: CounterMeaning, running: CounterMeaning, blob: bytes) -> tuple[bool, bool, CounterMeaning]:
+    """How an engine replays one blob: (forget its counters first, count the records -- else
+    only their dynamic QR codes are kept --, the meaning its counters have after).  A change of
+    meaning between blobs is where a live reload forgot the counters; records of a meaning other
+    than the running set's are never counted."""
+    meaning = journal_meaning(blob) or running
+    return meaning != counted, meaning == running, meaning
+
+
 def journal_records(blob: bytes):
-    """Unpack a journal blob into record tuples; refuse anything malformed."""
-    if not isinstance(blob, (bytes, bytearray)) or not blob or blob[0] != JOURNAL_VERSION:
-        raise ValueError(f"rules journal: not a version {JOURNAL_VERSION} journal: {bytes(blob or b'')[:1]!r}")
-    body = memoryview(blob)[1:]
+    """Unpack a journal blob (version 1 or 2) into record tuples; refuse anything malformed."""
+    if not isinstance(blob, (bytes, bytearray)) or not blob or blob[0] not in (JOURNAL_VERSION,
+                                                                              JOURNAL_VERSION_MEANING):
+        raise ValueError(f"rules journal: not a version {JOURNAL_VERSION} or {JOURNAL_VERSION_MEANING} journal: "
+                         f"{bytes(blob or b'')[:1]!r}")
+    header_bytes = 1 + (JOURNAL_MEANING.size if blob[0] == JOURNAL_VERSION_MEANING else 0)
+    if len(blob) < header_bytes:
+        raise ValueError("rules journal: a version 2 journal shorter than its header")
+    body = memoryview(blob)[header_bytes:]
     if len(body) % JOURNAL_RECORD.size:
         raise ValueError(f"rules journal: {len(body)} bytes is not a whole number of records")
     records = list(JOURNAL_RECORD.iter_unpack(body))

@@ -7,6 +7,7 @@
     rate_burst_items = 400000
     rules = "rules.toml"          # the risk rule set (relative to this file); absent: no rules
     review_timeout_seconds = 86400   # a payment held for review is voided after this if nobody decides
+    review_queue_items_max = 100000  # held payments at once; past it a payment to hold is declined REVIEW_QUEUE_FULL
 
     [[participants]]              # one per wallet (or operator)
     id = 1                        # u64, what the client names in `auth`
@@ -14,6 +15,8 @@
     role = "wallet"               # "wallet" or "operator"
     secret = "..."                # the HMAC key: its UTF-8 bytes
     accounts = [[1000, 1999], 5001]   # inclusive ranges and single ids it owns
+    rate_items_per_second = 50000     # optional: its own token bucket (at most the limits' maxima);
+    rate_burst_items = 100000         #   absent: the [switch] values
 
     [[ledgers]]                   # one per currency (ISO 4217 numeric)
     ledger = 764
@@ -78,6 +81,9 @@ class Participant:
     # Sorted, non-overlapping inclusive ranges: ownership is a binary search.
     range_starts: tuple[int, ...]
     range_ends: tuple[int, ...]
+    # Its token bucket (items: a payment, a transfer): its own entry's, else the [switch] values.
+    rate_items_per_second: int = limits.RATE_ITEMS_PER_SECOND
+    rate_burst_items: int = limits.RATE_BURST_ITEMS
 
     @property
     def is_operator(self) -> bool:
@@ -122,6 +128,7 @@ class Config:
     merchants: list[dict[str, Any]]
     rules_path: str | None = None          # the rule set's TOML, resolved against the config's directory
     review_timeout_seconds: int = limits.REVIEW_TIMEOUT_SECONDS_DEFAULT
+    review_queue_items_max: int = limits.REVIEW_QUEUE_ITEMS_MAX
 
 
 def load(path: str | pathlib.Path) -> Config:
@@ -138,17 +145,16 @@ def load(path: str | pathlib.Path) -> Config:
 
 def parse(document: dict[str, Any]) -> Config:
     switch = document.get("switch", {})
-    participants = [_participant(entry, f"participants[{index}]")
+    rate = _rate(switch, "switch", (limits.RATE_ITEMS_PER_SECOND, limits.RATE_BURST_ITEMS))
+    participants = [_participant(entry, f"participants[{index}]", rate)
                     for index, entry in enumerate(document.get("participants", []))]
     ledgers = [_ledger(entry, f"ledgers[{index}]") for index, entry in enumerate(document.get("ledgers", []))]
     accounts = [_account(entry, f"accounts[{index}]") for index, entry in enumerate(document.get("accounts", []))]
     config = Config(
         name=_str(switch.get("name", "qr-switch"), "switch.name"),
         accounts_max=_int(switch.get("accounts_max", limits.ACCOUNTS_MAX), "switch.accounts_max", 1, limits.ACCOUNTS_MAX),
-        rate_items_per_second=_int(switch.get("rate_items_per_second", limits.RATE_ITEMS_PER_SECOND),
-                                   "switch.rate_items_per_second", 1, limits.RATE_ITEMS_PER_SECOND),
-        rate_burst_items=_int(switch.get("rate_burst_items", limits.RATE_BURST_ITEMS),
-                              "switch.rate_burst_items", 1, limits.RATE_BURST_ITEMS),
+        rate_items_per_second=rate[0],
+        rate_burst_items=rate[1],
         participants=_unique({p.id: p for p in participants}, participants, "participants"),
         ledgers=_unique({entry.ledger: entry for entry in ledgers}, ledgers, "ledgers"),
         accounts=accounts,
@@ -156,9 +162,19 @@ def parse(document: dict[str, Any]) -> Config:
         rules_path=_str(switch["rules"], "switch.rules") if "rules" in switch else None,
         review_timeout_seconds=_int(switch.get("review_timeout_seconds", limits.REVIEW_TIMEOUT_SECONDS_DEFAULT),
                                     "switch.review_timeout_seconds", 1, limits.TIMEOUT_SECONDS_MAX),
+        review_queue_items_max=_int(switch.get("review_queue_items_max", limits.REVIEW_QUEUE_ITEMS_MAX),
+                                    "switch.review_queue_items_max", 1, limits.REVIEW_QUEUE_ITEMS_MAX),
     )
     _check_accounts(config)
     return config
+
+
+def _rate(table: dict, where: str, default: tuple[int, int]) -> tuple[int, int]:
+    """(rate_items_per_second, rate_burst_items) of a [switch] or [[participants]] table, each
+    1..its limit; a key left out takes `default`'s."""
+    return (_int(table.get("rate_items_per_second", default[0]), f"{where}.rate_items_per_second", 1,
+                 limits.RATE_ITEMS_PER_SECOND),
+            _int(table.get("rate_burst_items", default[1]), f"{where}.rate_burst_items", 1, limits.RATE_BURST_ITEMS))
 
 
 def _unique(mapping: dict, entries: list, what: str) -> dict:
@@ -179,7 +195,7 @@ def _str(value: Any, where: str) -> str:
     return value
 
 
-def _participant(entry: dict, where: str) -> Participant:
+def _participant(entry: dict, where: str, rate: tuple[int, int]) -> Participant:
     role = entry.get("role")
     if role not in ROLES:
         raise ConfigError(f"{where}.role: expected one of {ROLES}, got {role!r}")
@@ -201,10 +217,12 @@ def _participant(entry: dict, where: str) -> Participant:
     for (_, previous_end), (start, _) in zip(ranges, ranges[1:]):
         if start <= previous_end:
             raise ConfigError(f"{where}.accounts: overlapping ranges")
+    participant_rate = _rate(entry, where, rate)
     return Participant(
         id=_int(entry.get("id"), f"{where}.id", 1), name=_str(entry.get("name", "?"), f"{where}.name"),
         role=role, secret=secret,
         range_starts=tuple(start for start, _ in ranges), range_ends=tuple(end for _, end in ranges),
+        rate_items_per_second=participant_rate[0], rate_burst_items=participant_rate[1],
     )
 
 

@@ -53,7 +53,8 @@ def load_rules_file(path: str) -> RuleSet:
 
 def pipeline_settings(config: Config) -> PipelineSettings:
     return PipelineSettings(
-        participants=tuple(ParticipantSettings(p.id, p.is_operator, p.range_starts, p.range_ends)
+        participants=tuple(ParticipantSettings(p.id, p.is_operator, p.range_starts, p.range_ends,
+                                               p.rate_items_per_second, p.rate_burst_items)
                            for p in config.participants.values()),
         ledgers=tuple(LedgerSettings(entry.ledger, entry.fee_bps, entry.fee_account_id,
                                      entry.usd_minor_per_million_minor) for entry in config.ledgers.values()),
@@ -214,6 +215,7 @@ class Engine(OperatorOps):
         if request.error is not None:
             return Outcome(request.error, None)
         if request.op == OP_RAW_PAY:
+            self.pipeline.review_slots_free = self.review_slots_free(now_ns)
             frame = self._after_pay(self.pipeline.run(participant.id, request.args, now_ns))
             return Encoded(self.pipeline.last_code, frame)
         if request.op in (protocol.OP_PAY, protocol.OP_PAY_BATCH):
@@ -225,6 +227,7 @@ class Engine(OperatorOps):
 
     def _pay_request(self, participant: Participant, request: Request, now_ns: int) -> Outcome:
         items = [request.args] if request.op == protocol.OP_PAY else request.args
+        self.pipeline.review_slots_free = self.review_slots_free(now_ns)
         answers = self._after_pay(self.pipeline.pay(participant.id, items, now_ns))
         if request.op == protocol.OP_PAY:
             return Outcome(*answers[0])

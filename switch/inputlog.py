@@ -3,12 +3,14 @@
 `switch serve --input-log FILE` appends one record per committed batch; `switch
 replay FILE --data DIR` runs them through a fresh engine and prints the state
 hash, which equals the serving switch's when replay is deterministic.  The log
-is for reproducing and auditing; the LMDB journal is what makes payments durable
-(the log is flushed per batch, never fsynced, and a kill may cut its tail).
+is for reproducing and auditing; the LMDB journal is what makes payments durable.
+The log follows the switch's durability: at ``fsync`` each record is fsynced after
+its batch committed (so a power cut loses at most the record being written), at
+``os`` it is flushed to the page cache; either way a kill may cut its last record.
 
 File: a stream of msgpack objects.
 
-* The header, a map: ``format`` ("switch-input-log"), ``version`` (1),
+* The header, a map: ``format`` ("switch-input-log"), ``version`` (2; 1 is read too),
   ``config_toml`` (the configuration the switch served with, verbatim),
   ``rules_toml`` (its rule set's file, verbatim, or nil) and
   ``base_state_hash`` (the engine's state hash when logging began).
@@ -20,6 +22,9 @@ the timestamps the bootstrap assigned are the logged switch's own.
 * One array per committed batch: ``[now_ns, requests, codes]`` where each
   request is ``[participant_id, request_id, op, args, error, events]`` and
   ``codes`` holds the code answered to each request, to check replay against.
+* ``["rules", toml_text]`` (version 2) where a SIGHUP reloaded the rule set from its
+  file between two batches: replay swaps in the same rule set at the same place.  (A
+  ``reload_rules`` request is a request of its batch, logged like any other.)
 
 ``args`` are the decoded arguments, written with two msgpack ext types: 1 an
 integer past u64 (16 bytes big-endian, e.g. transfer ids), 2 a record of a
@@ -45,7 +50,9 @@ from switch import protocol
 log = logging.getLogger("switch.inputlog")
 
 FORMAT_NAME = "switch-input-log"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)                  # 1: before rules reload records
+RULES_RECORD = "rules"
 EXT_BIG_UINT = 1
 EXT_RECORD = 2
 U64_MAX = 2**64 - 1
@@ -118,20 +125,28 @@ def engine_state_hash(engine: Any) -> bytes:
 class InputLog:
     """Appends one record per committed batch (Engine.process_batch calls `record`)."""
 
-    def __init__(self, handle: BinaryIO) -> None:
+    def __init__(self, handle: BinaryIO, durability: str = "fsync") -> None:
         self._handle = handle
+        self._fsync = durability == "fsync"
         self.batches_written = 0
         self.failed = False
 
     @classmethod
-    def start(cls, path: str, config_toml: str, base_state_hash: bytes, rules_toml: str | None = None) -> "InputLog":
+    def start(cls, path: str, config_toml: str, base_state_hash: bytes, rules_toml: str | None = None,
+              durability: str = "fsync") -> "InputLog":
         """A new log (an existing file is refused: two runs in one log could not be replayed)."""
         handle = open(path, "xb")
         header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config_toml": config_toml,
                   "rules_toml": rules_toml, "base_state_hash": base_state_hash}
-        handle.write(pack(header))
-        handle.flush()
-        return cls(handle)
+        input_log = cls(handle, durability)
+        input_log._append(pack(header))
+        return input_log
+
+    def _append(self, record: bytes) -> None:
+        self._handle.write(record)
+        self._handle.flush()
+        if self._fsync:
+            os.fsync(self._handle.fileno())
 
     def record(self, now_ns: int, batch: list, outcomes: list) -> None:
         """Append a committed batch; a failure to write stops the log, never the switch."""
@@ -141,12 +156,21 @@ class InputLog:
             requests = [[participant.id, request.request_id, request.op, request.args,
                          None if request.error is None else int(request.error), request.events]
                         for participant, request in batch]
-            self._handle.write(pack([now_ns, requests, [int(outcome[0]) for outcome in outcomes]]))
-            self._handle.flush()
+            self._append(pack([now_ns, requests, [int(outcome[0]) for outcome in outcomes]]))
             self.batches_written += 1
         except (OSError, TypeError, ValueError, OverflowError):
             # The batch is committed and will be answered; only its record is missing.
             log.exception("input log stopped after %d batches: writing batch failed", self.batches_written)
+            self.failed = True
+
+    def record_rules(self, toml_text: str) -> None:
+        """Append a rule set swapped in between batches (SIGHUP); a failure stops the log, never the switch."""
+        if self.failed:
+            return
+        try:
+            self._append(pack([RULES_RECORD, toml_text]))
+        except OSError:
+            log.exception("input log stopped after %d batches: writing a rules reload failed", self.batches_written)
             self.failed = True
 
     def close(self) -> None:
@@ -167,6 +191,11 @@ class BatchRecord:
     now_ns: int
     requests: list          # [participant_id, request_id, op, args, error, events]
     codes: list[int]
+
+
+@dataclasses.dataclass
+class RulesRecord:
+    toml_text: str          # the rule set a SIGHUP swapped in at this place
 
 
 class Reader:
@@ -193,28 +222,35 @@ class Reader:
             raise InputLogError(f"{self.path}: not an input log ({error})") from None
         if not (isinstance(header, dict) and header.get("format") == FORMAT_NAME):
             raise InputLogError(f"{self.path}: not an input log")
-        if header.get("version") != FORMAT_VERSION:
+        if header.get("version") not in READABLE_VERSIONS:
             raise InputLogError(f"{self.path}: input log version {header.get('version')!r}, "
-                                f"this switch reads {FORMAT_VERSION}")
+                                f"this switch reads {READABLE_VERSIONS}")
         try:
             return Header(header["config_toml"], header["rules_toml"], header["base_state_hash"])
         except KeyError as error:
             raise InputLogError(f"{self.path}: the header lacks {error}") from None
 
-    def __iter__(self) -> Iterator[BatchRecord]:
+    def __iter__(self) -> Iterator[BatchRecord | RulesRecord]:
         with self._handle:
             complete_bytes = self._unpacker.tell()
             try:
                 for record in self._unpacker:
-                    if not (isinstance(record, list) and len(record) == 3 and isinstance(record[1], list)
-                            and isinstance(record[2], list) and len(record[1]) == len(record[2])):
-                        raise InputLogError(f"{self.path}: a batch record is not [now_ns, requests, codes]")
+                    decoded = self._record(record)
                     complete_bytes = self._unpacker.tell()
-                    yield BatchRecord(*record)
+                    yield decoded
             except (ValueError, msgpack.UnpackException) as error:
                 raise InputLogError(f"{self.path}: a batch record cannot be decoded: {error}") from None
             # A switch killed mid-write leaves an incomplete last record: replay stops before it.
             self.tail_bytes_ignored = os.fstat(self._handle.fileno()).st_size - complete_bytes
+
+    def _record(self, record: Any) -> BatchRecord | RulesRecord:
+        if (isinstance(record, list) and len(record) == 2 and record[0] == RULES_RECORD
+                and isinstance(record[1], str)):
+            return RulesRecord(record[1])
+        if not (isinstance(record, list) and len(record) == 3 and isinstance(record[1], list)
+                and isinstance(record[2], list) and len(record[1]) == len(record[2])):
+            raise InputLogError(f"{self.path}: a record is not [now_ns, requests, codes] nor [\"rules\", toml]")
+        return BatchRecord(*record)
 
 
 # ---- serving with a log, replaying one --------------------------------------------------
@@ -237,7 +273,8 @@ def attach(engine: Any, path: str, config_path: str) -> InputLog:
     base_dir.mkdir(parents=True)
     # The engine's own environment: LMDB allows one open of an environment per process.
     engine.storage.env.copy(str(base_dir), compact=True)
-    input_log = InputLog.start(path, config_toml, engine_state_hash(engine), rules_toml)
+    input_log = InputLog.start(path, config_toml, engine_state_hash(engine), rules_toml,
+                               durability=engine.storage.durability)
     engine.input_log = input_log
     return input_log
 
@@ -278,6 +315,9 @@ def replay(path: str, data_dir: str, durability: str = "os") -> ReplayReport:
         batches = requests = mismatch_count = 0
         mismatches: list[str] = []
         for record in reader:
+            if isinstance(record, RulesRecord):
+                _reload_rules(engine, record.toml_text)
+                continue
             batch = [(_participant(config, entry[0]), _request(entry)) for entry in record.requests]
             engine.clock_ns = lambda now_ns=record.now_ns: now_ns
             outcomes = engine.process_batch(batch)
@@ -297,6 +337,13 @@ def replay(path: str, data_dir: str, durability: str = "os") -> ReplayReport:
 
 
 MISMATCHES_SHOWN_MAX = 20
+
+
+def _reload_rules(engine: Any, toml_text: str) -> None:
+    """The logged SIGHUP reload, at its place; the logging switch accepted this rule set, so must replay."""
+    code, result = engine.reload_rules_text(toml_text)
+    if code != Code.OK:
+        raise InputLogError(f"the logged rule set reload is refused on replay: {Code(code).name} {result}")
 
 
 def _rules_of(rules_toml: str | None) -> Any:

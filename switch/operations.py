@@ -31,7 +31,7 @@ _EXPIRY_CHUNK_ITEMS = 256
 
 
 class OperatorOps:
-    """Mixin: needs self.ledger, self.rules, self.storage, self.core, self.clock_ns."""
+    """Mixin: needs self.config, self.ledger, self.rules, self.storage, self.core, self.clock_ns."""
 
     # Replaced per engine by attach_operations(); class defaults keep a bare Engine usable.
     ops: OpsStats | None = None
@@ -108,10 +108,15 @@ class OperatorOps:
             return Code.RULES_NOT_CONFIGURED, None
         try:
             ruleset = _parse_ruleset(toml_text)
+            meaning_before = self.rules.ruleset.counter_meaning()
             self.rules.reload(ruleset)
         except RuleSetError as error:
             log.warning("rule set refused: %s", error, extra={"fields": {"event": "rules_refused"}})
             return Code.RULES_INVALID, _reason(error)
+        if ruleset.counter_meaning() != meaning_before:
+            log.warning("rule set %r changes the counters' meaning (%s -> %s): counters forgotten", ruleset.name,
+                        meaning_before.describe(), ruleset.counter_meaning().describe(),
+                        extra={"fields": {"event": "rules_counters_forgotten"}})
         log.info("rule set %r loaded, hash %s", ruleset.name, ruleset.hash, extra={"fields": {
             "event": "rules_loaded", "ruleset_name": ruleset.name, "ruleset_hash": ruleset.hash,
             "rule_count": len(ruleset.rules)}})
@@ -127,7 +132,10 @@ class OperatorOps:
         except (OSError, UnicodeDecodeError) as error:
             log.warning("rules file %s unreadable: %s", self.rules_path, error)
             return Code.RULES_INVALID, _reason(error)
-        return self.reload_rules_text(text)
+        code, result = self.reload_rules_text(text)
+        if code == Code.OK and getattr(self, "input_log", None) is not None:
+            self.input_log.record_rules(text)   # not a request: `switch replay` must see it in its place
+        return code, result
 
     # ---- list_pending ----------------------------------------------------------------
 
@@ -158,6 +166,17 @@ class OperatorOps:
                 return
 
     # ---- the review queue's bookkeeping ---------------------------------------------
+
+    def review_slots_free(self, now_ns: int) -> int:
+        """Payments the review queue can still take (config review_queue_items_max); the pipeline
+        declines one more REVIEW_QUEUE_FULL.  Only a full queue is first rid of the held payments
+        the ledger already expired: they no longer reserve funds, so they hold no slot."""
+        items_max = self.config.review_queue_items_max
+        if self.reviews is None:
+            return items_max
+        if len(self.reviews) >= items_max:
+            self._forget_expired(now_ns)
+        return max(0, items_max - len(self.reviews))
 
     def note_held(self, transfer_id: int, held_ns: int, participant_id: int, fired: tuple) -> None:
         """A held payment's pending leg was posted: the operator has it to decide."""

@@ -262,3 +262,51 @@ def test_switch_serve_with_an_input_log_replays_to_the_served_state(tmp_path):
     report = inputlog.replay(str(log_path), str(tmp_path / "replayed"))
     assert report.requests >= 5 and report.code_mismatch_count == 0
     assert report.state_hash == served_hash
+
+
+def test_a_sighup_rules_reload_is_logged_and_replayed_in_its_place(tmp_path):
+    from test_ops import RULES_TEXT
+
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(RULES_TEXT)
+    document = fixtures.document()
+    document["switch"]["rules"] = str(rules_file)
+    config_path = tmp_path / "switch.toml"
+    config_path.write_text(toml_of(document))
+    config = config_module.load(config_path)
+    engine = open_engine(config, str(tmp_path / "served"), durability="os")
+    log_path = str(tmp_path / "input.log")
+    codes_after_reload = []
+    try:
+        inputlog.attach(engine, log_path, str(config_path))
+        for index, batch in enumerate(Workload(41, config).batches(BATCHES)):
+            if index == BATCHES // 2:            # SIGHUP with a stricter file: payments over 4,000 are held
+                rules_file.write_text(RULES_TEXT.replace("limit_minor = 50000", "limit_minor = 4000"))
+                assert engine.reload_rules_file()[0] == Code.OK
+            engine.clock_ns = lambda now_ns=START_NS + index * BATCH_GAP_NS: now_ns
+            outcomes = engine.process_batch(batch)
+            if index >= BATCHES // 2:
+                codes_after_reload += [int(outcome[0]) for outcome in outcomes]
+        served_hash = inputlog.engine_state_hash(engine)
+        engine.input_log.close()
+    finally:
+        engine.close()
+    assert Code.RISK_REVIEW in codes_after_reload        # the reload changed decisions
+    report = inputlog.replay(log_path, str(tmp_path / "replayed"))
+    assert report.batches == BATCHES and report.code_mismatch_count == 0
+    assert report.state_hash == served_hash.hex()
+
+
+@pytest.mark.parametrize("durability, fsyncs_per_record", [("fsync", 1), ("os", 0)])
+def test_the_input_log_is_fsynced_per_record_at_durability_fsync_only(config, config_path, tmp_path, monkeypatch,
+                                                                     durability, fsyncs_per_record):
+    fsynced = []
+    monkeypatch.setattr(inputlog.os, "fsync", fsynced.append)
+    engine = open_engine(config, str(tmp_path / "served"), durability=durability)
+    try:
+        inputlog.attach(engine, str(tmp_path / "input.log"), str(config_path))
+        run_workload(engine, 51, config)
+        engine.input_log.close()
+    finally:
+        engine.close()
+    assert len(fsynced) == fsyncs_per_record * (1 + BATCHES)          # the header, then each batch

@@ -6,22 +6,27 @@ import asyncio
 import contextlib
 import threading
 
+import msgpack
 import pytest
 from click.testing import CliRunner
 
 import core_ext
 from core_ext import limits
 from core_ext.codes import Code
+from core_ext.pipeline_types import AuditLog
 from core_ext.rules_types import load_ruleset
 from core_ext.types import Transfer, TransferFlags
 from switch import config as config_module, review_queue
 from switch.cli import main as cli_main
 from switch.client import AsyncClient, SwitchError
 from switch.commands.review import resolution_id
-from switch.engine import fee_id_for
+from switch.engine import OP_RAW_PAY, Engine, fee_id_for
+from switch.merchants import MerchantDirectory
 from switch.operations import open_engine
+from switch.protocol import OP_VOID_PENDING, PayItem, PendingItem, Request, id_to_wire
 from switch.server import Server, new_event_loop
 from test_ops import RULES_TEXT
+from test_pipeline_rules import MemoryStorage, audit_records
 from test_server_helpers import LOOP_KINDS, OPERATOR_ID, OPERATOR_SECRET, run_on
 import test_server_helpers as fixtures
 
@@ -299,3 +304,121 @@ def test_switch_review_list_approve_reject_and_rules_stats_from_the_command_line
         assert wallet_try.exit_code == 1 and "OPERATOR_ROLE_REQUIRED" in wallet_try.output
         assert runner.invoke(cli_main, ["review", "list", *operator, "--limit",
                                         str(limits.LIST_PENDING_ITEMS_MAX + 1)]).exit_code == 2
+
+
+# ---- the review queue's limit, on both cores ------------------------------------------------
+
+def engine_with_review_queue(impl, items_max: int, clock: list[int], review_timeout_seconds: int = 86_400):
+    """An engine of `impl` (no server, storage kept in memory) whose review queue takes at most
+    `items_max` held payments; `clock[0]` is the batch clock in ns."""
+    document = fixtures.document()
+    document["switch"].update(review_queue_items_max=items_max, review_timeout_seconds=review_timeout_seconds)
+    config = config_module.parse(document)
+    ledger, merchants, audit = impl.Ledger(config.accounts_max), MerchantDirectory(), AuditLog()
+    rules, reviews = impl.RuleEngine(load_ruleset(RULES_TEXT)), review_queue.ReviewQueue()
+    storage = MemoryStorage([ledger, merchants, rules, audit, reviews])
+    engine = Engine(config, impl, ledger, merchants, storage, rules=rules, clock_ns=lambda: clock[0], audit=audit)
+    engine.attach_operations(reviews=reviews)
+    engine.bootstrap()
+    return engine
+
+
+def pay_codes(engine, *payments) -> list[int]:
+    """(transfer_id, amount_minor[, qr_payload]) each, in one pay_batch; the answer codes."""
+    items = [PayItem(entry[0], fixtures.PAYER, entry[2] if len(entry) > 2 else fixtures.static_qr(), entry[1],
+                     None, None) for entry in payments]
+    participant = engine.config.participants[fixtures.WALLET_ID]
+    outcome, = engine.process_batch([(participant, Request(1, "pay_batch", items, None, 2 * len(items)))])
+    return [entry[0] for entry in outcome.result]
+
+
+def raw_pay_code(engine, transfer_id: int, amount_minor: int) -> int:
+    """One payment through the server's fast path (the pipeline decodes the raw frame body)."""
+    raw = msgpack.packb([5, "pay", [id_to_wire(transfer_id), fixtures.PAYER, fixtures.static_qr(), amount_minor,
+                                    None, None]], use_bin_type=True)
+    participant = engine.config.participants[fixtures.WALLET_ID]
+    outcome, = engine.process_batch([(participant, Request(0, OP_RAW_PAY, raw, None, 2))])
+    return msgpack.unpackb(outcome.frame[4:])[1]
+
+
+def reject(engine, transfer_id: int) -> int:
+    """An operator's `void_pending` of a held payment; its answer code."""
+    item = PendingItem(resolution_id(transfer_id, b"reject"), transfer_id, 0)
+    outcome, = engine.process_batch([(engine.config.participants[OPERATOR_ID], Request(2, OP_VOID_PENDING, [item]))])
+    return outcome.result[0]
+
+
+def pending_minor(engine) -> int:
+    return engine.ledger.lookup_accounts([fixtures.PAYER])[0].debits_pending
+
+
+class TestReviewQueueLimit:
+    def test_the_queue_takes_items_max_holds_and_declines_one_more_without_reserving(self, impl):
+        engine = engine_with_review_queue(impl, 3, [1_800_000_000 * NS])
+        codes = pay_codes(engine, *[(500 + n, HELD_MINOR) for n in range(4)])
+        assert codes == [Code.RISK_REVIEW] * 3 + [Code.REVIEW_QUEUE_FULL]
+        assert len(engine.reviews) == 3 and pending_minor(engine) == 3 * HELD_MINOR
+        assert engine.ledger.lookup_transfers([503]) == [None]
+        # Payments the rules approve still flow while the queue is full.
+        assert pay_codes(engine, (510, 5_000)) == [Code.OK]
+
+    def test_the_fast_path_declines_a_hold_past_the_limit_too(self, impl):
+        engine = engine_with_review_queue(impl, 1, [1_800_000_000 * NS])
+        assert raw_pay_code(engine, 520, HELD_MINOR) == Code.RISK_REVIEW
+        assert raw_pay_code(engine, 521, HELD_MINOR) == Code.REVIEW_QUEUE_FULL
+        assert pending_minor(engine) == HELD_MINOR and len(engine.reviews) == 1
+
+    def test_a_decided_payment_frees_its_slot_and_a_retry_of_the_declined_one_is_held(self, impl):
+        engine = engine_with_review_queue(impl, 2, [1_800_000_000 * NS])
+        assert pay_codes(engine, (530, HELD_MINOR), (531, HELD_MINOR), (532, HELD_MINOR)) \
+            == [Code.RISK_REVIEW, Code.RISK_REVIEW, Code.REVIEW_QUEUE_FULL]
+        assert reject(engine, 530) == Code.OK and len(engine.reviews) == 1
+        assert pay_codes(engine, (532, HELD_MINOR)) == [Code.RISK_REVIEW]
+        assert pending_minor(engine) == 2 * HELD_MINOR
+
+    def test_held_payments_the_ledger_expired_give_their_slots_back(self, impl):
+        clock = [1_800_000_000 * NS]
+        engine = engine_with_review_queue(impl, 2, clock, review_timeout_seconds=60)
+        assert pay_codes(engine, (540, HELD_MINOR), (541, HELD_MINOR), (542, HELD_MINOR)) \
+            == [Code.RISK_REVIEW, Code.RISK_REVIEW, Code.REVIEW_QUEUE_FULL]
+        clock[0] += 61 * NS
+        assert pay_codes(engine, (542, HELD_MINOR)) == [Code.RISK_REVIEW]
+        assert [held.transfer_id for held in engine.reviews.oldest(10)] == [542]
+        assert pending_minor(engine) == HELD_MINOR
+
+    def test_a_dynamic_qr_declined_for_a_full_queue_stays_unused(self, impl):
+        engine = engine_with_review_queue(impl, 1, [1_800_000_000 * NS])
+        qr = fixtures.dynamic_qr(HELD_MINOR, "INV-77")
+        assert pay_codes(engine, (550, HELD_MINOR), (551, 0, qr)) == [Code.RISK_REVIEW, Code.REVIEW_QUEUE_FULL]
+        assert reject(engine, 550) == Code.OK
+        assert pay_codes(engine, (552, 0, qr)) == [Code.RISK_REVIEW]
+
+    def test_the_audit_log_records_the_hold_the_full_queue_refused(self, impl):
+        engine = engine_with_review_queue(impl, 1, [1_800_000_000 * NS])
+        pay_codes(engine, (560, HELD_MINOR), (561, HELD_MINOR))
+        refused, = [record for record in audit_records(engine) if record.payment_id == 561]
+        assert (refused.action, refused.code) == (1, Code.REVIEW_QUEUE_FULL)
+
+
+@pytest.mark.parametrize("items_max, accepted", [(1, True), (limits.REVIEW_QUEUE_ITEMS_MAX, True),
+                                                 (0, False), (limits.REVIEW_QUEUE_ITEMS_MAX + 1, False)])
+def test_the_config_takes_a_review_queue_limit_within_1_to_the_limit(items_max, accepted):
+    document = fixtures.document()
+    document["switch"]["review_queue_items_max"] = items_max
+    if accepted:
+        assert config_module.parse(document).review_queue_items_max == items_max
+    else:
+        with pytest.raises(config_module.ConfigError, match="review_queue_items_max"):
+            config_module.parse(document)
+
+
+def test_the_default_limit_holds_review_queue_items_max_payments_and_declines_one_more(impl):
+    """At the real limit: the engine's free slots come from the queue's length."""
+    engine = engine_with_review_queue(impl, limits.REVIEW_QUEUE_ITEMS_MAX, [1_800_000_000 * NS])
+    assert engine.config.review_queue_items_max == limits.REVIEW_QUEUE_ITEMS_MAX
+    queue = engine.reviews
+    for transfer_id in range(1, limits.REVIEW_QUEUE_ITEMS_MAX):
+        queue.hold(10**6 + transfer_id, 0, fixtures.WALLET_ID)
+    assert engine.review_slots_free(1_800_000_000 * NS) == 1
+    assert pay_codes(engine, (570, HELD_MINOR), (571, HELD_MINOR)) == [Code.RISK_REVIEW, Code.REVIEW_QUEUE_FULL]
+    assert len(queue) == limits.REVIEW_QUEUE_ITEMS_MAX

@@ -98,8 +98,9 @@ def test_an_unknown_journal_section_refuses_the_open(impl, tmp_path):
     with Storage.open(tmp_path, [ledger]) as store:
         _fill(ledger, batches=1, store=store)
         with store.env.begin(write=True) as txn:
-            txn.put(storage.encode_sequence(3), msgpack.packb([["rules", b"x"]]), db=store._journal)
-    with pytest.raises(StorageError):
+            txn.put(storage.encode_sequence(3), storage.encode_record(3, msgpack.packb([["rules", b"x"]])),
+                    db=store._journal)
+    with pytest.raises(StorageError, match="no such component"):
         Storage.open(tmp_path, [impl.Ledger()])
 
 
@@ -108,8 +109,9 @@ def test_a_journal_the_ledger_cannot_replay_refuses_the_open(impl, tmp_path):
     with Storage.open(tmp_path, [ledger]) as store:
         _fill(ledger, batches=1, store=store)
         with store.env.begin(write=True) as txn:
-            txn.put(storage.encode_sequence(3), msgpack.packb([["ledger", b"\x02truncated"]]), db=store._journal)
-    with pytest.raises(StorageError):
+            txn.put(storage.encode_sequence(3), storage.encode_record(3, msgpack.packb([["ledger", b"\x02truncated"]])),
+                    db=store._journal)
+    with pytest.raises(StorageError, match="cannot be replayed"):
         Storage.open(tmp_path, [impl.Ledger()])
     assert not run_check(str(tmp_path))["ok"]
 

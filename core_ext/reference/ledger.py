@@ -91,6 +91,11 @@ EXPIRED_RECORD = struct.Struct("<QQQ")          # pending id lo/hi, timestamp
 # Account with balances, for state hashes and checkpoints.
 ACCOUNT_STATE = struct.Struct("<QQQQQIIHHQQQQ")
 TRANSFER_STATE = struct.Struct("<QQQQQQQQQQQIIIHHB")
+# Full snapshots: state_bytes(), then the history accounts, each as (id, row count) and its rows.
+STATE_HEADER = struct.Struct("<QQQQ")            # accounts, transfers, failed ids, timestamp_last
+SNAPSHOT_COUNT = struct.Struct("<Q")
+HISTORY_HEADER = struct.Struct("<QQ")            # account id, rows
+HISTORY_ROW = struct.Struct("<QQQQQ")            # timestamp, debits/credits pending/posted
 
 _LOW_64_BITS = U64_MAX
 
@@ -593,6 +598,70 @@ class Ledger:
     def checkpoint(self) -> bytes:
         """Every account with its balances, for storage's checkpoints and `ledger check`."""
         return b"".join(pack_account_state(account) for account in self._accounts.values())
+
+    def snapshot(self) -> bytes:
+        """The whole state, for storage's snapshots: state_bytes(), then every history account's rows
+        (oldest first) in account order.  restore() of these bytes rebuilds an equal ledger."""
+        out = bytearray(self.state_bytes())
+        with_history = [account.id for account in self._accounts.values() if self._history.get(account.id)]
+        out += SNAPSHOT_COUNT.pack(len(with_history))
+        for account_id in with_history:
+            rows = self._history[account_id]
+            out += HISTORY_HEADER.pack(account_id, len(rows))
+            for row in rows:
+                out += HISTORY_ROW.pack(*row)
+        return bytes(out)
+
+    def restore(self, blob: bytes) -> None:
+        """Replace the whole state by a snapshot(); ValueError (and an empty ledger) when it is malformed."""
+        self.reset()
+        try:
+            end = self._restore(memoryview(blob))
+        except (struct.error, KeyError, ValueError) as error:
+            self.reset()
+            raise ValueError(f"ledger snapshot: malformed: {error!r}") from error
+        if end != len(blob):
+            self.reset()
+            raise ValueError(f"ledger snapshot: {len(blob) - end} bytes after its end")
+
+    def _restore(self, blob: memoryview) -> int:
+        accounts, transfers, failed, self._timestamp_last = STATE_HEADER.unpack_from(blob, 0)
+        offset = STATE_HEADER.size
+        for _ in range(accounts):
+            account = unpack_account_state(blob, offset)
+            if account.id in self._accounts:
+                raise ValueError(f"account {account.id} twice")
+            self._accounts[account.id] = account
+            offset += ACCOUNT_STATE.size
+        for _ in range(transfers):
+            fields = TRANSFER_STATE.unpack_from(blob, offset)
+            self._restore_transfer(_transfer_from_fields(fields), fields[16])
+            offset += TRANSFER_STATE.size
+        for _ in range(failed):
+            lo, hi = FAILED_RECORD.unpack_from(blob, offset)
+            self._failed_ids.add(lo | hi << 64)
+            offset += FAILED_RECORD.size
+        history_accounts, = SNAPSHOT_COUNT.unpack_from(blob, offset)
+        offset += SNAPSHOT_COUNT.size
+        for _ in range(history_accounts):
+            account_id, rows = HISTORY_HEADER.unpack_from(blob, offset)
+            offset += HISTORY_HEADER.size
+            self._history[account_id] = [HISTORY_ROW.unpack_from(blob, offset + i * HISTORY_ROW.size)
+                                         for i in range(rows)]
+            offset += rows * HISTORY_ROW.size
+        return offset
+
+    def _restore_transfer(self, transfer: Transfer, status: int) -> None:
+        """A transfer as replay leaves it: a pending one with a timeout keeps its expiry time."""
+        if status > STATUS_PENDING_EXPIRED or transfer.id in self._transfers:
+            raise ValueError(f"transfer {transfer.id} twice or with status {status}")
+        self._transfers[transfer.id] = transfer
+        self._status[transfer.id] = status
+        if transfer.flags & TransferFlags.PENDING and transfer.timeout:
+            expires_at_ns = transfer.timestamp + transfer.timeout * NS_PER_SECOND
+            self._expires_at_ns[transfer.id] = expires_at_ns
+            if status == STATUS_PENDING:
+                heapq.heappush(self._expiry_heap, (expires_at_ns, transfer.timestamp, transfer.id))
 
     # ---- invariants --------------------------------------------------------
 

@@ -8,6 +8,7 @@ first step that refuses it:
     -> payer and merchant accounts exist
     -> retry? (the id is in the ledger: post the same legs again; the ledger answers)
     -> rules evaluate -> decline: its code, nothing posted
+    -> review with the review queue full (review_slots_free 0): REVIEW_QUEUE_FULL, nothing posted
     -> dynamic QR guard (single use, expiry, bound amount)
     -> post: approved = payer->merchant linked to merchant->fee; review = payer->merchant pending
     -> rules observe (the ledger accepted) -> audit record (not a plain approval)
@@ -53,11 +54,16 @@ class Pipeline:
         self.rules = rules                 # a RuleEngine of the same core, or None; may be swapped between batches
         self.audit = audit if audit is not None else AuditLog()
         self.review_timeout_seconds = settings.review_timeout_seconds
-        self._rate = (settings.rate_items_per_second, settings.rate_burst_items)
         self._participants = {p.id: p for p in settings.participants}
+        # (items per second, burst) per participant: its own, or the switch-wide one.
+        self._rates = {p.id: (p.rate_items_per_second or settings.rate_items_per_second,
+                              p.rate_burst_items or settings.rate_burst_items) for p in settings.participants}
         self._ledgers = {entry.ledger: entry for entry in settings.ledgers}
         self._buckets: dict[int, TokenBucket] = {}
         self._holds: list[tuple] = []
+        # Payments the review queue can still take; the engine sets it before each call from the
+        # queue's length, each hold takes one, and at 0 a payment to hold is declined REVIEW_QUEUE_FULL.
+        self.review_slots_free = limits.REVIEW_QUEUE_ITEMS_MAX
         self._stage_ns = dict.fromkeys(STAGES, 0)
         self._counts = {"payments": 0, "calls": 0}
         self._code_counts: collections.Counter = collections.Counter()
@@ -83,7 +89,7 @@ class Pipeline:
             return False
         bucket = self._buckets.get(participant_id)
         if bucket is None:
-            bucket = self._buckets[participant_id] = TokenBucket(*self._rate, now_ns)
+            bucket = self._buckets[participant_id] = TokenBucket(*self._rates[participant_id], now_ns)
         return bucket.take(count, now_ns)
 
     def fee_of(self, ledger: int, amount_minor: int) -> int:
@@ -195,6 +201,7 @@ class Pipeline:
         if self.rules is not None and answer[0] in (Code.OK, Code.RISK_REVIEW):
             self.rules.observe(context, decision)
         if answer[0] == Code.RISK_REVIEW:
+            self.review_slots_free -= 1
             self._holds.append((item.transfer_id, now_ns, participant_id, tuple(rule_id for rule_id, _, _ in decision.fired)))
         if decision.fired or decision.action != APPROVE:
             self._audit(payment, decision, answer[0], now_ns)
@@ -265,6 +272,8 @@ class Pipeline:
     def _act_on(self, payment: "_Payment", decision: Decision, now_ns: int) -> tuple[int, Any]:
         if decision.action == DECLINE:
             return (decision.code, None)
+        if decision.action == REVIEW and self.review_slots_free <= 0:
+            return (Code.REVIEW_QUEUE_FULL, None)     # before the QR guard: a dynamic code stays unused
         code = self.merchants.check_and_consume(payment.qr, payment.item.qr_payload, payment.amount_minor,
                                                 now_ns // NS_PER_SECOND)
         if code:

@@ -89,7 +89,7 @@ def _analyse_or_reject(data: bytes, now_s: int) -> QrResult:
     except UnicodeDecodeError:
         raise _Reject(Code.QR_BAD_ENCODING) from None
     if data[:4].lower() == b"upi:":
-        return _upi(text)
+        return _upi(text, now_s)
     return _Emv(text, data, now_s).run()
 
 
@@ -593,6 +593,20 @@ def _rules_duitnow(emv: _Emv) -> None:
     for tag in _templates_with(emv, "duitnow"):
         if emv.sub_value(tag, 2) is None:
             raise emv.reject(Code.QR_MISSING_TAG, f"{tag:02d}.02")
+    for tag in _templates_with(emv, "duitnow"):
+        expiry = emv.sub_value(tag, 3)
+        if expiry is not None:
+            _duitnow_expiry(emv, expiry, f"{tag:02d}.03")
+
+
+def _duitnow_expiry(emv: _Emv, value: str, path: str) -> None:
+    """Epoch milliseconds, at most qr_expiry_ms_digits_max digits; zero (all zeros: Maybank's
+    static stickers write 0000000000) means the code does not expire."""
+    if not (len(value) <= limits.QR_EXPIRY_MS_DIGITS_MAX and _is_digits(value)):
+        raise emv.reject(Code.QR_BAD_EXPIRY, path)
+    if int(value):
+        emv.expiry_s = (int(value) + 999) // 1000
+        emv.expiry_tag = path
 
 
 def _rules_qris(emv: _Emv) -> None:
@@ -733,7 +747,7 @@ def _upi_params(query: str) -> dict[str, str]:
     return params
 
 
-def _upi(text: str) -> QrResult:
+def _upi(text: str, now_s: int) -> QrResult:
     if text[:len(UPI_PREFIX)].lower() != UPI_PREFIX:
         raise _Reject(Code.UPI_BAD_SCHEME, "", "upi")
     params = _upi_params(text[len(UPI_PREFIX):])
@@ -761,12 +775,43 @@ def _upi(text: str) -> QrResult:
     # A merchant link carries the acquirer's merchant id; merchant and dynamic links need tr.
     if ("mid" in given or dynamic) and "tr" not in given:
         raise _Reject(Code.UPI_MISSING_PARAM, "tr", "upi")
+    expiry_s = _upi_expiry_s(given["QRexpire"]) if "QRexpire" in given else None
+    if expiry_s is not None and now_s > 0 and now_s >= expiry_s:
+        raise _Reject(Code.QR_EXPIRED, "QRexpire", "upi")
     return QrResult(
         valid=True, code=0, tag="", profile="upi", dynamic=dynamic,
         merchant_keys=(("upi", given["pa"]),), amount_minor=amount_minor, currency=356, country="IN",
         merchant_name=given["pn"], merchant_city="", mcc=given.get("mc", ""),
-        reference=given.get("tr", ""), expiry_s=None,
+        reference=given.get("tr", ""), expiry_s=expiry_s,
     )
+
+
+def _upi_expiry_s(value: str) -> int:
+    """QRexpire, ISO 8601 to the second: YYYY-MM-DDTHH:MM:SS, then Z, +HH:MM or -HH:MM, or nothing
+    for Indian time.  The code is good through that second (the instant returned is the next one)."""
+    if len(value) not in (19, 20, 25) or value[4] + value[7] + value[10] + value[13] + value[16] != "--T::":
+        raise _Reject(Code.QR_BAD_EXPIRY, "QRexpire", "upi")
+    fields = (value[0:4], value[5:7], value[8:10], value[11:13], value[14:16], value[17:19])
+    offset_s = _upi_utc_offset_s(value[19:])
+    if offset_s is None or not all(_is_digits(field) for field in fields):
+        raise _Reject(Code.QR_BAD_EXPIRY, "QRexpire", "upi")
+    year, month, day, hour, minute, second = (int(field) for field in fields)
+    if not (1 <= year and 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
+            and hour <= 23 and minute <= 59 and second <= 59):
+        raise _Reject(Code.QR_BAD_EXPIRY, "QRexpire", "upi")
+    return calendar.timegm((year, month, day, hour, minute, second)) - offset_s + 1
+
+
+def _upi_utc_offset_s(text: str) -> int | None:
+    """"" (Indian time), "Z", or +HH:MM / -HH:MM up to 14:00; None when it is none of these."""
+    if text in ("", "Z"):
+        return tables.UPI_UTC_OFFSET_S if text == "" else 0
+    if len(text) != 6 or text[0] not in "+-" or text[3] != ":" or not _is_digits(text[1:3] + text[4:6]):
+        return None
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    if hours > 14 or minutes > 59 or (hours == 14 and minutes):
+        return None
+    return (hours * 3600 + minutes * 60) * (1 if text[0] == "+" else -1)
 
 
 def _upi_amount_minor(value: str, key: str) -> int:

@@ -19,10 +19,11 @@ import time
 from core_ext.codes import Code
 from core_ext.rules_types import (
     BLOCKLIST_FIELDS, BURST_TIMES, DAY, DAYS_30, EMA_EMPTY_DAYS_MAX, EMA_SHIFT, HISTORY_SHIFT, HOUR,
-    JOURNAL_FLAG_QR_DYNAMIC, JOURNAL_FLAG_STRUCTURING_BAND, JOURNAL_RECORD, JOURNAL_VERSION,
+    JOURNAL_FLAG_QR_DYNAMIC, JOURNAL_FLAG_STRUCTURING_BAND, JOURNAL_RECORD,
     MERCHANT_DAY_NS, MODE_NAMES, PAYEE_FILTER_WORDS, SKETCH_BUCKET_NS, SKETCH_BUCKETS, SKETCH_WORDS,
-    U64_MAX, Action, Decision, Kind, Mode, RuleAction, RuleSet, TableStats, check_compiled, context_problem,
-    journal_records, mix64, reference_minor, rule_stats, state_digest, table_capacities,
+    U64_MAX, Action, Decision, Kind, Mode, RuleAction, RuleSet, TableStats, check_compiled,
+    check_reload_between_batches, context_problem, journal_blob, journal_records, mix64, reference_minor,
+    replay_plan, rule_stats, state_digest, table_capacities,
 )
 from core_ext import limits
 
@@ -207,15 +208,24 @@ class RuleEngine:
         self._stats: dict[str, list[int]] = {}
         self.amount_reference_minor = 0
         self.ruleset = ruleset
+        # The running set's counter meaning, and the one the counters were counted under
+        # (they differ only while a journal of another meaning replays).
+        self._meaning = self._counted_meaning = ruleset.counter_meaning()
         self.reload(ruleset)
 
     # ---- rule set ----------------------------------------------------------------
 
     def reload(self, ruleset: RuleSet) -> None:
         """Swap the whole set; the caller does it between batches. Counters are
-        kept (their layout does not depend on the rules); per-rule statistics are
-        kept for rules whose id and version did not change."""
+        kept (their layout does not depend on the rules) unless the set changes
+        their meaning (rules_types.CounterMeaning): then they are forgotten.
+        Per-rule statistics are kept for rules whose id and version did not change."""
         check_compiled(ruleset)
+        meaning = ruleset.counter_meaning()
+        check_reload_between_batches(bool(self._journal), self._meaning, meaning)
+        if meaning != self._meaning:
+            self._forget_counters()
+        self._meaning = self._counted_meaning = meaning
         old = {(rule.id, rule.version) for rule in self.ruleset.rules}
         # [hits, shadow hits, evaluations, samples, sampled time in ns]
         self._stats = {rule.id: (self._stats.get(rule.id, [0, 0, 0, 0, 0]) if (rule.id, rule.version) in old
@@ -312,21 +322,33 @@ class RuleEngine:
     def reset(self) -> None:
         """Forget all counters and any unjournaled effects (storage reload replays from empty).
         Per-rule statistics stay: they describe the process, not the state."""
+        self._forget_counters()
+        self.dynamic_qr = LruTable(self.dynamic_qr.capacity, lambda: [0])
+        self._counted_meaning = self._meaning
+        self._journal.clear()
+
+    def _forget_counters(self) -> None:
+        """The per-account and per-device counters; the dynamic QR replay table stays."""
         self.accounts = LruTable(self.accounts.capacity, AccountState)
         self.devices = LruTable(self.devices.capacity, DeviceState)
-        self.dynamic_qr = LruTable(self.dynamic_qr.capacity, lambda: [0])
-        self._journal.clear()
 
     def take_journal(self) -> bytes | None:
         if not self._journal:
             return None
-        blob = bytes([JOURNAL_VERSION]) + b"".join(self._journal)
+        blob = journal_blob(self._meaning, b"".join(self._journal))
         self._journal.clear()
         return blob
 
     def apply_journal(self, blob: bytes) -> None:
-        for record in journal_records(blob):
-            self._apply(*record)
+        records = journal_records(blob)       # all or nothing: a malformed blob changes nothing
+        forget, count, self._counted_meaning = replay_plan(self._counted_meaning, self._meaning, blob)
+        if forget:
+            self._forget_counters()
+        for record in records:
+            if count:
+                self._apply(*record)
+            elif record[7] & JOURNAL_FLAG_QR_DYNAMIC:
+                self.dynamic_qr.touch(record[4])[0] = record[5]
 
     def state_hash(self) -> bytes:
         return state_digest((

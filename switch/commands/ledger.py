@@ -1,7 +1,8 @@
-"""`switch ledger`: check, list and back up the ledger of a data directory.
+"""`switch ledger`: check, list, back up and compact the ledger of a data directory.
 
-Every command opens the LMDB read-only and without the switch's lock, so it can
-run beside a server that holds the same directory.
+Every command but `compact` opens the LMDB read-only and without the switch's
+lock, so it can run beside a server that holds the same directory; `compact` is
+offline: it takes the lock, so it refuses a directory a switch holds.
 """
 from __future__ import annotations
 
@@ -29,12 +30,27 @@ def _replay(data_dir: str):
         env.close()
 
 
+def _restore_snapshot(env, ledger) -> int:
+    """Load the ledger's section of the newest snapshot; its sequence (0: no snapshot)."""
+    found = storage.read_snapshot(env, wanted=lambda name, kind: name == ledger.name)
+    if found is None:
+        return 0
+    sequence, sections = found
+    for _, kind, data in sections:
+        storage.restore_section(ledger, sequence, kind, data)
+    return sequence
+
+
 def _replay_env(env, ledger):
     violations: list[str] = []
     checkpoint = storage.read_checkpoint(env, ledger.name)
-    last_sequence = 0
+    last_sequence = snapshot_sequence = 0
+    corrupt_batch = None
     try:
-        for sequence, sections in storage.iterate_journal(env):
+        last_sequence = snapshot_sequence = _restore_snapshot(env, ledger)
+        if checkpoint and snapshot_sequence and checkpoint[0] == snapshot_sequence:
+            violations += _compare_checkpoint(ledger.checkpoint(), checkpoint[1], snapshot_sequence)
+        for sequence, sections in storage.iterate_journal(env, after_sequence=snapshot_sequence):
             if sequence != last_sequence + 1:
                 violations.append(f"journal jumps from batch {last_sequence} to {sequence}")
             for name, blob in sections:
@@ -45,10 +61,14 @@ def _replay_env(env, ledger):
                 violations += _compare_checkpoint(ledger.checkpoint(), checkpoint[1], sequence)
     except (ValueError, KeyError, storage.StorageError) as error:
         violations.append(f"journal cannot be replayed after batch {last_sequence}: {error}")
+        corrupt_batch = getattr(error, "sequence", None)
     if checkpoint and checkpoint[0] > last_sequence:
         violations.append(f"checkpoint of batch {checkpoint[0]} is past the journal's end ({last_sequence})")
     violations += ledger.check_invariants()
-    facts = {"batches": last_sequence, "checkpoint_sequence": checkpoint[0] if checkpoint else None}
+    if checkpoint and checkpoint[0] < snapshot_sequence:
+        violations.append(f"checkpoint of batch {checkpoint[0]} is older than the snapshot ({snapshot_sequence})")
+    facts = {"batches": last_sequence, "checkpoint_sequence": checkpoint[0] if checkpoint else None,
+             "snapshot_sequence": snapshot_sequence or None, "corrupt_batch": corrupt_batch}
     return ledger, facts, violations
 
 
@@ -110,7 +130,8 @@ def check(data_dir: str, as_json: bool) -> None:
     else:
         click.echo(f"{'OK' if report['ok'] else 'VIOLATIONS'}: {report['accounts']} accounts, "
                    f"{report['transfers']} transfers, batches {report.get('batches')}, "
-                   f"checkpoint at batch {report.get('checkpoint_sequence')}")
+                   f"checkpoint at batch {report.get('checkpoint_sequence')}, "
+                   f"snapshot at batch {report.get('snapshot_sequence')}")
         for row in report["ledgers"]:
             click.echo(f"  ledger {row['ledger']}: {row['accounts']} accounts, posted {row['debits_posted']} dr "
                        f"/ {row['credits_posted']} cr, pending {row['debits_pending']} dr / {row['credits_pending']} cr")
@@ -154,7 +175,7 @@ def accounts(data_dir: str, as_json: bool, limit: int) -> None:
 @click.option("--limit", default=ROWS_DEFAULT, show_default=True, type=click.IntRange(1, 1_000_000),
               help="At most this many transfers (the most recent).")
 def transfers(data_dir: str, as_json: bool, limit: int) -> None:
-    """List the most recent transfers, as journaled."""
+    """List the most recent transfers journaled since the last compaction."""
     env = storage.open_environment(data_dir, readonly=True)
     recent = []
     try:
@@ -178,3 +199,39 @@ def backup(data_dir: str, target_dir: str) -> None:
     except (storage.StorageError, OSError) as error:
         raise click.ClickException(f"backup failed, nothing written: {error}") from None
     click.echo(f"backed up {data_dir} to {target_dir}")
+
+
+def run_compact(data_dir: str) -> dict:
+    """`switch ledger compact`: snapshot the directory as of its last batch and drop the journal up to it.
+
+    The ledger is rebuilt and snapshotted in full; every other component's sections are carried
+    into the snapshot as they are (storage.JournalCarrier), so no configuration is needed."""
+    from core_ext import core
+
+    ledger = core.Ledger()
+    with storage.Storage.open(data_dir, [ledger], durability="fsync", carry_unknown=True) as store:
+        before = store.snapshot_sequence
+        sequence = store.compact()
+        return {"compacted": sequence is not None, "snapshot_sequence": store.snapshot_sequence,
+                "previous_snapshot_sequence": before or None, "accounts": ledger.account_count,
+                "transfers": ledger.transfer_count}
+
+
+@ledger.command()
+@click.argument("data_dir", type=click.Path(file_okay=False, exists=True))
+@_json_option
+def compact(data_dir: str, as_json: bool) -> None:
+    """Offline: snapshot DATA_DIR as of its last batch and delete the journal up to it (one transaction).
+
+    Refused while a switch holds DATA_DIR.  Recovery then loads the snapshot and replays only later batches."""
+    try:
+        report = run_compact(data_dir)
+    except (storage.StorageError, OSError) as error:
+        raise click.ClickException(f"compaction failed, no snapshot written: {error}") from None
+    if as_json:
+        click.echo(json.dumps(report))
+    elif report["compacted"]:
+        click.echo(f"compacted {data_dir}: snapshot at batch {report['snapshot_sequence']} "
+                   f"({report['accounts']} accounts, {report['transfers']} transfers); journal up to it deleted")
+    else:
+        click.echo(f"{data_dir}: nothing to compact (the snapshot at batch {report['snapshot_sequence']} is current)")

@@ -304,7 +304,7 @@ def read_audit(data_dir: str, wanted: AuditFilter, limit: int) -> list:
     env = storage.open_environment(data_dir, readonly=True)
     recent: collections.deque = collections.deque(maxlen=limit)
     try:
-        for _, sections in storage.iterate_journal(env):
+        for _, sections in storage.iterate_stored_sections(env):     # kept by compaction, then journaled
             for name, blob in sections:
                 if name == "audit":
                     recent.extend(record for record in iter_audit_records(blob) if wanted.matches(record))
