@@ -39,6 +39,9 @@ _SUCCESS = (Code.OK, Code.EXISTS)
 # A request the server did not decode: `args` is the raw body of a pay / pay_batch frame and
 # its answer is the encoded response frame (server.Connection hands these to the pipeline).
 OP_RAW_PAY = "raw_pay"
+# Several such frames of one connection, back to back with their length prefixes, as one request
+# (a `FrameRun`): the pipeline runs them in one call and answers their response frames in one bytes.
+OP_RAW_RUN = "raw_run"
 
 
 def load_rules_file(path: str) -> RuleSet:
@@ -72,6 +75,14 @@ class Encoded(NamedTuple):
     """An answer the pipeline already encoded: the request-level code, and the whole response frame."""
     code: int
     frame: bytes
+
+
+class EncodedRun(NamedTuple):
+    """The answers of a FrameRun: `code` is its first request-level code that is not OK (else OK),
+    `frame` every response frame back to back, `codes` how many frames got each request-level code."""
+    code: int
+    frame: bytes
+    codes: dict
 
 
 class Engine(OperatorOps):
@@ -213,6 +224,9 @@ class Engine(OperatorOps):
     def _execute(self, participant: Participant, request: Request, now_ns: int) -> Any:
         if request.error is not None:
             return Outcome(request.error, None)
+        if request.op == OP_RAW_RUN:
+            frames, codes = self._after_pay(self.pipeline.run_frames(participant.id, request.args, now_ns))
+            return EncodedRun(next((code for code in codes if code != Code.OK), Code.OK), frames, codes)
         if request.op == OP_RAW_PAY:
             frame = self._after_pay(self.pipeline.run(participant.id, request.args, now_ns))
             return Encoded(self.pipeline.last_code, frame)

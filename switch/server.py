@@ -1,7 +1,10 @@
 """The TCP server: connections, handshake, limits, batching, graceful shutdown.
 
 One `Connection` (an asyncio BufferedProtocol) per client reads straight into
-its FrameBuffer and cuts every complete frame of a read into a Request.  All
+its FrameBuffer.  The complete pay / pay_batch frames at its front become ONE
+FrameRun (the pipeline's `cut` finds them, its `run_frames` runs them and
+writes all their answers into one bytes): no Python object per frame on the
+payment path.  Any other frame is cut into a Request of its own.  All
 connections feed one queue; a single batch task takes everything queued (up to
 server_batch_events_max events), runs it through `Engine.process_batch` in one
 worker thread -- one engine call, one commit -- and only then writes the
@@ -26,7 +29,7 @@ from switch import protocol
 from switch.config import Config, Participant
 from switch.metrics import OpsStats
 from switch.protocol import FrameBuffer, ProtocolError, Request
-from switch.engine import OP_RAW_PAY, Encoded
+from switch.engine import OP_RAW_PAY, OP_RAW_RUN, Encoded, EncodedRun
 
 log = logging.getLogger("switch.server")
 
@@ -75,7 +78,7 @@ class Connection(asyncio.BufferedProtocol):
         self.participant: Participant | None = None
         self.nonce = protocol.new_nonce()
         self.in_flight = 0
-        # Frame sizes of the unanswered requests, oldest first (answers come in order).
+        # Frame bytes of each unanswered request or FrameRun, oldest first (answers come in order).
         self.in_flight_sizes: collections.deque[int] = collections.deque()
         self.in_flight_bytes = 0
         self.reading_paused = False
@@ -144,6 +147,11 @@ class Connection(asyncio.BufferedProtocol):
             if self._in_flight_full() and not ignore_in_flight_limit:
                 self._pause_reading()
                 return
+            if self.state == OPEN and self.server.cut is not None:
+                run = self._take_run(ignore_in_flight_limit)
+                if run is not None:
+                    self._submit(run, run.body_bytes, run.count)
+                    continue
             try:
                 body = self.buffer.next_frame()
             except ProtocolError as error:
@@ -155,6 +163,18 @@ class Connection(asyncio.BufferedProtocol):
                 self._authenticate(body)
             else:
                 self._submit(self.server.request_of(body), len(body))
+
+    def _take_run(self, ignore_in_flight_limit: bool) -> protocol.FrameRun | None:
+        """The pay frames at the buffer's front as one FrameRun, within what the in-flight limits
+        still allow (checked before each frame, as for single frames) and one batch's events."""
+        if ignore_in_flight_limit:
+            frames_max = bytes_budget = sys.maxsize
+        else:
+            frames_max = self.limits.in_flight_requests_max - self.in_flight
+            bytes_budget = self.limits.in_flight_bytes_max - self.in_flight_bytes
+        # Within the queue's bound too, so a run is never too big to be accepted (shed as one).
+        events_max = min(self.limits.batch_events_max, self.limits.queue_events_max)
+        return self.buffer.take_run(self.server.cut, frames_max, bytes_budget, events_max)
 
     def _authenticate(self, body: bytes) -> None:
         try:
@@ -174,8 +194,8 @@ class Connection(asyncio.BufferedProtocol):
         welcome = {"participant_id": participant.id, "role": participant.role}
         self.transport.write(protocol.pack_frame(protocol.response(protocol.CONNECTION_REQUEST_ID, Code.OK, welcome)))
 
-    def _submit(self, request: Request, frame_bytes: int) -> None:
-        self.in_flight += 1
+    def _submit(self, request: Request, frame_bytes: int, requests: int = 1) -> None:
+        self.in_flight += requests
         self.in_flight_sizes.append(frame_bytes)
         self.in_flight_bytes += frame_bytes
         self.server.submit(self, request)
@@ -188,9 +208,10 @@ class Connection(asyncio.BufferedProtocol):
 
     # ---- answers and errors ------------------------------------------------------------
 
-    def answered(self, count: int) -> None:
-        self.in_flight -= count
-        for _ in range(count):
+    def answered(self, requests: int, units: int) -> None:
+        """`requests` frames answered, queued as `units` Requests and FrameRuns."""
+        self.in_flight -= requests
+        for _ in range(units):
             self.in_flight_bytes -= self.in_flight_sizes.popleft()
         if self.closing_code is not None and self.in_flight == 0:
             self._close_with(self.closing_code)
@@ -259,9 +280,15 @@ class Server:
         self.config = config
         # The pipeline's header check: pay / pay_batch bodies go to it undecoded (its C reader decodes them).
         # SWITCH_FAST_PATH=0 decodes them here instead (the slow path, kept for before/after measurements).
-        self._peek = getattr(getattr(engine, "pipeline", None), "peek", None)
+        pipeline = getattr(engine, "pipeline", None)
+        self._peek = getattr(pipeline, "peek", None)
         if os.environ.get("SWITCH_FAST_PATH", "1") == "0":
             self._peek = None
+        # Runs of pay frames as one request (FrameRun); SWITCH_FRAME_RUNS=0 queues one Request per frame
+        # (the path before runs, kept for side-by-side measurements).
+        self.cut = getattr(pipeline, "cut", None) if self._peek is not None else None
+        if os.environ.get("SWITCH_FRAME_RUNS", "1") == "0":
+            self.cut = None
         self.limits = server_limits or ServerLimits()
         self.ssl_context = ssl_context
         self.connections: set[Connection] = set()
@@ -393,20 +420,35 @@ class Server:
         return batch
 
     def _answer(self, batch: list[tuple[Connection, Request]], outcomes: list) -> None:
-        frames: dict[Connection, list[bytes]] = {}
+        """Each connection's answers in one write, in request order; [frames, requests, units] each."""
+        answers: dict[Connection, list] = {}
         for (connection, request), outcome in zip(batch, outcomes):
-            if type(outcome) is Encoded:
-                frame = outcome.frame            # the pipeline wrote it (a raw pay / pay_batch)
+            frame = self._frame_of(request, outcome)
+            entry = answers.get(connection)
+            if entry is None:
+                answers[connection] = [[frame], request.count, 1]
             else:
-                frame = protocol.pack_frame(protocol.response(request.request_id, *outcome))
-            frames.setdefault(connection, []).append(frame)
-        for connection, connection_frames in frames.items():
+                entry[0].append(frame)
+                entry[1] += request.count
+                entry[2] += 1
+        for connection, (frames, requests, units) in answers.items():
             if connection.state != CLOSED and not connection.transport.is_closing():
-                connection.transport.write(b"".join(connection_frames))
-            connection.answered(len(connection_frames))
+                connection.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            connection.answered(requests, units)
             if connection.state == DRAINING and connection.in_flight == 0:
                 connection.transport.close()
                 connection.state = CLOSED
+
+    def _frame_of(self, request: Request, outcome: Any) -> bytes:
+        kind = type(outcome)
+        if kind is Encoded or kind is EncodedRun:
+            return outcome.frame                # the pipeline wrote it (raw pay / pay_batch frames)
+        if request.op == OP_RAW_RUN:            # shed, or its batch failed: every frame gets the code
+            return protocol.refusal_frames(request.args, outcome[0], self._request_id_of)
+        return protocol.pack_frame(protocol.response(request.request_id, *outcome))
+
+    def _request_id_of(self, body: bytes) -> int:
+        return self._peek(body)[1]
 
     async def reload_rules_file(self) -> tuple[int, Any]:
         """SIGHUP: re-read the configured rules file in the commit thread, so the swap falls
