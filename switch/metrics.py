@@ -128,10 +128,10 @@ class OpsStats:
 
     def timed_commit(self, commit: Callable[[], Any]) -> Callable[[], Any]:
         """Wrap a storage commit so every call's duration lands in commit_us (also when it fails)."""
-        def commit_and_time():
+        def commit_and_time(*args):
             start_ns = time.perf_counter_ns()
             try:
-                return commit()
+                return commit(*args)
             finally:
                 self.commit_us.observe((time.perf_counter_ns() - start_ns) // 1000)
         return commit_and_time

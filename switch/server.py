@@ -6,10 +6,10 @@ FrameRun (the pipeline's `cut` finds them, its `run_frames` runs them and
 writes all their answers into one bytes): no Python object per frame on the
 payment path.  Any other frame is cut into a Request of its own.  All
 connections feed one queue; a single batch task takes everything queued (up to
-server_batch_events_max events), runs it through `Engine.process_batch` in one
-worker thread -- one engine call, one commit -- and only then writes the
-answers.  While a batch commits, the event loop keeps reading and queueing the
-next one.  Answers on one connection go out in request order.
+server_batch_events_max events), runs it through `Engine.execute_batch` in one
+worker thread, then `Engine.write_batch` (one commit) in another while the next
+batch executes, and only then writes the answers.  Meanwhile the event loop
+keeps reading and queueing.  Answers on one connection go out in request order.
 """
 from __future__ import annotations
 
@@ -300,8 +300,15 @@ class Server:
         self._wakeup: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
         self._listener: asyncio.base_events.Server | None = None
-        # One thread: batches run strictly one after another, off the event loop.
+        # One thread: batches run strictly one after another, off the event loop; and one more that
+        # writes each executed batch (in order) while the next one runs.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="switch-commit")
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="switch-write")
+        self._engine = engine if hasattr(engine, "execute_batch") else _WholeBatches(engine)
+        self._writes: collections.deque[asyncio.Task] = collections.deque()
+        # Batches written while the next one executes; SWITCH_WRITE_OVERLAP=0: none (each batch is
+        # written and answered before the next executes, as before; for side-by-side measurements).
+        self._writes_ahead = 0 if os.environ.get("SWITCH_WRITE_OVERLAP", "1") == "0" else 1
         self.batches_committed = 0
         # Ledger events per second the recent batches committed (see _note_commit_rate); 0: unknown.
         self.commit_events_per_second = 0
@@ -376,10 +383,16 @@ class Server:
         self.commit_events_per_second = rate if not previous else (previous * 3 + rate) // 4
 
     async def _run_batches(self) -> None:
+        """Batches execute one after another in the engine thread; each one's write, then its
+        answers, follow in the writer thread while the next batch executes.  At most two batches
+        are executed and unanswered at a time: one writing, one waiting to."""
+        writes = self._writes
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                while len(writes) > self._writes_ahead or (writes and writes[0].done()):
+                    await writes.popleft()
                 oldest_queued_ns = self._oldest_queued_ns
                 batch = self._take_batch()
                 work = [(connection.participant, request) for connection, request in batch]
@@ -387,18 +400,60 @@ class Server:
                 if self._queue:
                     self._oldest_queued_ns = started_ns    # the rest arrived earlier: a lower bound
                 try:
-                    outcomes = await self.loop.run_in_executor(self._executor, self.engine.process_batch, work)
+                    executed = await self.loop.run_in_executor(self._executor, self._engine.execute_batch, work)
                 except Exception:
-                    log.exception("engine failed on a batch of %d", len(batch))
-                    outcomes = [(Code.INTERNAL_ERROR, None)] * len(batch)
-                self.batches_committed += 1
-                self._answer(batch, outcomes)
-                answered_ns = time.perf_counter_ns()
-                try:
-                    self.ops.observe_batch(batch, outcomes, answered_ns - started_ns, answered_ns - oldest_queued_ns)
-                except Exception:       # counting must never stop the batcher
-                    log.exception("a batch of %d could not be counted in the statistics", len(batch))
-                self._note_commit_rate(sum(request.events for _, request in batch), answered_ns - started_ns)
+                    log.exception("engine failed on a batch of %d; rebuilding state from storage", len(batch))
+                    while writes:                          # what was written stays: rebuild after it
+                        await writes.popleft()
+                    await self._recover()
+                    failed_ns = time.perf_counter_ns() - started_ns
+                    self._finish(batch, [(Code.INTERNAL_ERROR, None)] * len(batch), started_ns, oldest_queued_ns,
+                                 failed_ns)
+                    continue
+                executed_ns = time.perf_counter_ns() - started_ns
+                previous = writes[-1] if writes else None
+                writes.append(self.loop.create_task(
+                    self._write_and_answer(batch, executed, previous, started_ns, oldest_queued_ns, executed_ns)))
+
+    async def _write_and_answer(self, batch: list, executed: Any, previous: asyncio.Task | None,
+                                started_ns: int, oldest_queued_ns: int, executed_ns: int) -> None:
+        """Write one executed batch once the batch before it is written, then answer it: never an
+        answer before its batch is durable (fsync) or handed to the OS (os).  A failed write fails
+        this batch and, through recover(), every batch executed on top of it.  Never raises."""
+        try:
+            if previous is not None:
+                await previous
+            write_started_ns = time.perf_counter_ns()
+            outcomes = await self.loop.run_in_executor(self._writer, self._engine.write_batch, executed)
+            if outcomes is None:
+                await self._recover()
+                outcomes = [(Code.STORAGE_FAILED, None)] * len(batch)
+        except Exception:
+            log.exception("writing a batch of %d failed unexpectedly; rebuilding state from storage", len(batch))
+            await self._recover()
+            outcomes = [(Code.INTERNAL_ERROR, None)] * len(batch)
+            write_started_ns = started_ns + executed_ns
+        written_ns = time.perf_counter_ns() - write_started_ns
+        # The batch's share of the switch's time: executing and writing overlap with the batches
+        # before and after it, so the slower of the two, unless they run one after the other.
+        busy_ns = max(executed_ns, written_ns) if self._writes_ahead else executed_ns + written_ns
+        self._finish(batch, outcomes, started_ns, oldest_queued_ns, busy_ns)
+
+    async def _recover(self) -> None:
+        try:
+            await self.loop.run_in_executor(self._executor, self._engine.recover)
+        except Exception:
+            log.exception("state could not be rebuilt from storage")
+
+    def _finish(self, batch: list, outcomes: list, started_ns: int, oldest_queued_ns: int, busy_ns: int) -> None:
+        self.batches_committed += 1
+        self._answer(batch, outcomes)
+        answered_ns = time.perf_counter_ns()
+        try:
+            self.ops.observe_batch(batch, outcomes, answered_ns - started_ns, answered_ns - oldest_queued_ns)
+        except Exception:       # counting must never stop the batcher
+            log.exception("a batch of %d could not be counted in the statistics", len(batch))
+        self._note_commit_rate(sum(request.events for _, request in batch), busy_ns)
 
     def _take_batch(self) -> list[tuple[Connection, Request]]:
         """Everything queued, up to batch_events_max ledger events (always at least one request).
@@ -482,9 +537,30 @@ class Server:
                 await self._batcher
             except asyncio.CancelledError:
                 pass
+        for write in self._writes:
+            write.cancel()                  # only after the timeout: their connections are closed
         if self._listener is not None:
             await self._listener.wait_closed()
         self._executor.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
+
+
+class _WholeBatches:
+    """An engine with process_batch only (the tests' doubles): it writes as it executes."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def execute_batch(self, batch: list) -> list:
+        return self.engine.process_batch(batch)
+
+    @staticmethod
+    def write_batch(outcomes: list) -> list:
+        return outcomes
+
+    @staticmethod
+    def recover() -> None:
+        """process_batch recovers by itself."""
 
 
 def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
