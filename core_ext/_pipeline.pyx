@@ -74,6 +74,7 @@ cdef enum:
     AUDIT_HEADER_BYTES = 90         # pipeline_types.AUDIT_HEADER.size
     AUDIT_VERSION_C = 1
     RULES_CAPACITY = 64
+    RUN_FRAMES_YIELD_NS = 200000    # run_frames lets other threads take the GIL this often (0.2 ms)
 
 STAGES = ("decode", "qr", "decide_post", "respond")
 # run_frames' payloads: the C reader keeps none (the guard decodes a dynamic code's own bytes).
@@ -939,7 +940,7 @@ cdef class Pipeline:
         frames}).  No Python object per frame unless one takes the slow decoder."""
         cdef const unsigned char* data = <const unsigned char*>PyBytes_AS_STRING(frames)
         cdef Py_ssize_t size = PyBytes_GET_SIZE(frames), position = 0, length, count, same = 0
-        cdef uint64_t request_id, started_ns
+        cdef uint64_t request_id, started_ns, yielded_ns = monotonic_ns()
         cdef uint32_t code = 0, previous = 0
         cdef bint batch
         cdef Reader r
@@ -952,6 +953,12 @@ cdef class Pipeline:
                 if length < 0:
                     raise ValueError("run_frames: a frame runs past the end")
                 started_ns = monotonic_ns()
+                if started_ns - yielded_ns > RUN_FRAMES_YIELD_NS:
+                    # C holds the GIL without ever offering it: let the event loop and the storage
+                    # writer (back from its fsync) in between two frames.
+                    with nogil:
+                        pass
+                    yielded_ns = started_ns = monotonic_ns()
                 r.data, r.size, r.position = data + position + 4, length, 0
                 request_id, batch = 0, False
                 count = read_request(&r, &request_id, self.items, &batch)

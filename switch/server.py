@@ -7,9 +7,9 @@ writes all their answers into one bytes): no Python object per frame on the
 payment path.  Any other frame is cut into a Request of its own.  All
 connections feed one queue; a single batch task takes everything queued (up to
 server_batch_events_max events), runs it through `Engine.execute_batch` in one
-worker thread, then `Engine.write_batch` (one commit) in another while the next
-batch executes, and only then writes the answers.  Meanwhile the event loop
-keeps reading and queueing.  Answers on one connection go out in request order.
+worker thread, then `Engine.write_batch` (one commit) in another (optionally
+while the next batch executes: SWITCH_WRITE_OVERLAP=1), and only then writes the
+answers.  Meanwhile the event loop keeps reading and queueing.  Answers on one connection go out in request order.
 """
 from __future__ import annotations
 
@@ -306,9 +306,10 @@ class Server:
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="switch-write")
         self._engine = engine if hasattr(engine, "execute_batch") else _WholeBatches(engine)
         self._writes: collections.deque[asyncio.Task] = collections.deque()
-        # Batches written while the next one executes; SWITCH_WRITE_OVERLAP=0: none (each batch is
-        # written and answered before the next executes, as before; for side-by-side measurements).
-        self._writes_ahead = 0 if os.environ.get("SWITCH_WRITE_OVERLAP", "1") == "0" else 1
+        # Batches written while the next one executes (SWITCH_WRITE_OVERLAP=1): none by default.
+        # Measured with the switch on one core (bench/RESULTS.md section 5) it lost: the write's own
+        # CPU then competes with the execution, and each extra commit costs its fixed CPU again.
+        self._writes_ahead = 1 if os.environ.get("SWITCH_WRITE_OVERLAP", "0") == "1" else 0
         self.batches_committed = 0
         # Ledger events per second the recent batches committed (see _note_commit_rate); 0: unknown.
         self.commit_events_per_second = 0
@@ -384,14 +385,16 @@ class Server:
 
     async def _run_batches(self) -> None:
         """Batches execute one after another in the engine thread; each one's write, then its
-        answers, follow in the writer thread while the next batch executes.  At most two batches
-        are executed and unanswered at a time: one writing, one waiting to."""
+        answers, follow in the writer thread -- with SWITCH_WRITE_OVERLAP=1, while the next batch
+        executes when a full one is waiting.  At most two batches are executed and unanswered at a
+        time: one writing, one waiting to."""
         writes = self._writes
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                while len(writes) > self._writes_ahead or (writes and writes[0].done()):
+                while writes and (writes[0].done() or len(writes) > self._writes_ahead
+                                  or not self._full_batch_queued()):
                     await writes.popleft()
                 oldest_queued_ns = self._oldest_queued_ns
                 batch = self._take_batch()
@@ -414,6 +417,12 @@ class Server:
                 previous = writes[-1] if writes else None
                 writes.append(self.loop.create_task(
                     self._write_and_answer(batch, executed, previous, started_ns, oldest_queued_ns, executed_ns)))
+
+    def _full_batch_queued(self) -> bool:
+        """Enough queued to execute ahead of the write in flight: at least half a batch.  With less,
+        waiting for the write lets more arrive, and one commit (an fsync: a fixed cost) carries
+        them all instead of two commits carrying half each."""
+        return self._queued_events * 2 >= self.limits.batch_events_max
 
     async def _write_and_answer(self, batch: list, executed: Any, previous: asyncio.Task | None,
                                 started_ns: int, oldest_queued_ns: int, executed_ns: int) -> None:

@@ -13,7 +13,7 @@ from switch.protocol import FrameRun, refusal_frames
 import test_server_helpers as fixtures
 from test_pipeline import body, pay_args
 from test_pipeline_rules import NOW_NS, make_engine
-from test_pipeline_server import open_engine
+from test_pipeline_server import open_engine, pay_item
 from test_server_helpers import LOOP_KINDS, Raw, run_on, running
 
 FRAME_BYTES_MAX = 1 << 20
@@ -113,31 +113,32 @@ def test_refusal_frames_answer_every_frame_under_its_own_id(impl):
 # ---- over TCP -----------------------------------------------------------------------------
 
 def pay_frame(request_id: int, transfer_id: int) -> list:
-    return [request_id, "pay", fixtures_pay_item(transfer_id)]
+    return [request_id, "pay", pay_item(transfer_id)]
 
 
-def fixtures_pay_item(transfer_id: int) -> list:
-    return [protocol.id_to_wire(transfer_id), fixtures.PAYER, fixtures.static_qr(), 100, None, None]
+def answers_to(tmp_path, loop_kind, frames: list, **limit_overrides) -> tuple[list, dict]:
+    """Every answer to `frames` sent in ONE write on a fresh switch, and its request counters."""
+    engine, config = open_engine(tmp_path)
+
+    async def scenario():
+        async with running(engine, config, **limit_overrides) as (server, port):
+            raw = await Raw.authenticated(port)
+            raw.send_bytes(b"".join(protocol.pack_frame(frame) for frame in frames))
+            answers = [await raw.frame() for _ in frames]
+            await raw.close()
+            return answers, dict(server.ops.requests)
+
+    try:
+        return run_on(loop_kind, scenario)
+    finally:
+        engine.close()
 
 
 @pytest.mark.parametrize("loop_kind", LOOP_KINDS)
 def test_frames_sent_in_one_write_are_answered_in_order_as_runs(tmp_path, loop_kind):
-    engine, config = open_engine(tmp_path)
-
-    async def scenario():
-        async with running(engine, config) as (server, port):
-            raw = await Raw.authenticated(port)
-            frames = [pay_frame(request_id, request_id) for request_id in range(1, 41)]
-            frames[20] = [21, "ping", None]
-            raw.send_bytes(b"".join(protocol.pack_frame(frame) for frame in frames))
-            answers = [await raw.frame() for _ in range(40)]
-            await raw.close()
-            return answers, server.ops.requests
-
-    try:
-        answers, requests = run_on(loop_kind, scenario)
-    finally:
-        engine.close()
+    frames = [pay_frame(request_id, request_id) for request_id in range(1, 41)]
+    frames[20] = [21, "ping", None]
+    answers, requests = answers_to(tmp_path, loop_kind, frames)
     assert [answer[0] for answer in answers] == list(range(1, 41))
     assert [answer[1] for answer in answers] == [Code.OK] * 40
     assert requests[("raw_pay", Code.OK)] == 39 and requests[("ping", Code.OK)] == 1
@@ -145,41 +146,18 @@ def test_frames_sent_in_one_write_are_answered_in_order_as_runs(tmp_path, loop_k
 
 @pytest.mark.parametrize("loop_kind", LOOP_KINDS)
 def test_a_run_past_the_in_flight_limit_is_cut_at_the_limit(tmp_path, loop_kind):
-    engine, config = open_engine(tmp_path)
-
-    async def scenario():
-        async with running(engine, config, in_flight_requests_max=3) as (server, port):
-            raw = await Raw.authenticated(port)
-            raw.send_bytes(b"".join(protocol.pack_frame(pay_frame(i, i)) for i in range(1, 11)))
-            answers = [await raw.frame() for _ in range(10)]
-            await raw.close()
-            return answers
-
-    try:
-        answers = run_on(loop_kind, scenario)
-    finally:
-        engine.close()
+    frames = [pay_frame(request_id, request_id) for request_id in range(1, 11)]
+    answers, _ = answers_to(tmp_path, loop_kind, frames, in_flight_requests_max=3)
     assert [answer[0] for answer in answers] == list(range(1, 11))
     assert all(answer[1] == Code.OK for answer in answers)
 
 
 @pytest.mark.parametrize("loop_kind", LOOP_KINDS)
 def test_a_shed_run_is_answered_busy_frame_by_frame(tmp_path, loop_kind):
-    engine, config = open_engine(tmp_path)
-
-    async def scenario():
-        async with running(engine, config, queue_events_max=4, batch_events_max=8) as (server, port):
-            raw = await Raw.authenticated(port)
-            raw.send_bytes(b"".join(protocol.pack_frame(pay_frame(i, 200 + i)) for i in range(1, 31)))
-            answers = [await raw.frame() for _ in range(30)]
-            await raw.close()
-            return answers
-
-    try:
-        answers = run_on(loop_kind, scenario)
-    finally:
-        engine.close()
+    frames = [pay_frame(request_id, 200 + request_id) for request_id in range(1, 31)]
+    answers, requests = answers_to(tmp_path, loop_kind, frames, queue_events_max=4, batch_events_max=8)
     assert [answer[0] for answer in answers] == list(range(1, 31))
     codes = [answer[1] for answer in answers]
     assert set(codes) == {Code.OK, Code.BUSY}
     assert all(answer[2] is None for answer in answers if answer[1] == Code.BUSY)
+    assert requests[("raw_pay", Code.BUSY)] == codes.count(Code.BUSY)
