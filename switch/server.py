@@ -1,12 +1,15 @@
 """The TCP server: connections, handshake, limits, batching, graceful shutdown.
 
 One `Connection` (an asyncio BufferedProtocol) per client reads straight into
-its FrameBuffer and cuts every complete frame of a read into a Request.  All
+its FrameBuffer.  The complete pay / pay_batch frames at its front become ONE
+FrameRun (the pipeline's `cut` finds them, its `run_frames` runs them and
+writes all their answers into one bytes): no Python object per frame on the
+payment path.  Any other frame is cut into a Request of its own.  All
 connections feed one queue; a single batch task takes everything queued (up to
-server_batch_events_max events), runs it through `Engine.process_batch` in one
-worker thread -- one engine call, one commit -- and only then writes the
-answers.  While a batch commits, the event loop keeps reading and queueing the
-next one.  Answers on one connection go out in request order.
+server_batch_events_max events), runs it through `Engine.execute_batch` in one
+worker thread, then `Engine.write_batch` (one commit) in another (optionally
+while the next batch executes: SWITCH_WRITE_OVERLAP=1), and only then writes the
+answers.  Meanwhile the event loop keeps reading and queueing.  Answers on one connection go out in request order.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from switch import protocol
 from switch.config import Config, Participant
 from switch.metrics import OpsStats
 from switch.protocol import FrameBuffer, ProtocolError, Request
-from switch.engine import OP_RAW_PAY, Encoded
+from switch.engine import OP_RAW_PAY, OP_RAW_RUN, Encoded, EncodedRun
 
 log = logging.getLogger("switch.server")
 
@@ -75,7 +78,7 @@ class Connection(asyncio.BufferedProtocol):
         self.participant: Participant | None = None
         self.nonce = protocol.new_nonce()
         self.in_flight = 0
-        # Frame sizes of the unanswered requests, oldest first (answers come in order).
+        # Frame bytes of each unanswered request or FrameRun, oldest first (answers come in order).
         self.in_flight_sizes: collections.deque[int] = collections.deque()
         self.in_flight_bytes = 0
         self.reading_paused = False
@@ -144,6 +147,11 @@ class Connection(asyncio.BufferedProtocol):
             if self._in_flight_full() and not ignore_in_flight_limit:
                 self._pause_reading()
                 return
+            if self.state == OPEN and self.server.cut is not None:
+                run = self._take_run(ignore_in_flight_limit)
+                if run is not None:
+                    self._submit(run, run.body_bytes, run.count)
+                    continue
             try:
                 body = self.buffer.next_frame()
             except ProtocolError as error:
@@ -155,6 +163,18 @@ class Connection(asyncio.BufferedProtocol):
                 self._authenticate(body)
             else:
                 self._submit(self.server.request_of(body), len(body))
+
+    def _take_run(self, ignore_in_flight_limit: bool) -> protocol.FrameRun | None:
+        """The pay frames at the buffer's front as one FrameRun, within what the in-flight limits
+        still allow (checked before each frame, as for single frames) and one batch's events."""
+        if ignore_in_flight_limit:
+            frames_max = bytes_budget = sys.maxsize
+        else:
+            frames_max = self.limits.in_flight_requests_max - self.in_flight
+            bytes_budget = self.limits.in_flight_bytes_max - self.in_flight_bytes
+        # Within the queue's bound too, so a run is never too big to be accepted (shed as one).
+        events_max = min(self.limits.batch_events_max, self.limits.queue_events_max)
+        return self.buffer.take_run(self.server.cut, frames_max, bytes_budget, events_max)
 
     def _authenticate(self, body: bytes) -> None:
         try:
@@ -174,8 +194,8 @@ class Connection(asyncio.BufferedProtocol):
         welcome = {"participant_id": participant.id, "role": participant.role}
         self.transport.write(protocol.pack_frame(protocol.response(protocol.CONNECTION_REQUEST_ID, Code.OK, welcome)))
 
-    def _submit(self, request: Request, frame_bytes: int) -> None:
-        self.in_flight += 1
+    def _submit(self, request: Request, frame_bytes: int, requests: int = 1) -> None:
+        self.in_flight += requests
         self.in_flight_sizes.append(frame_bytes)
         self.in_flight_bytes += frame_bytes
         self.server.submit(self, request)
@@ -188,9 +208,10 @@ class Connection(asyncio.BufferedProtocol):
 
     # ---- answers and errors ------------------------------------------------------------
 
-    def answered(self, count: int) -> None:
-        self.in_flight -= count
-        for _ in range(count):
+    def answered(self, requests: int, units: int) -> None:
+        """`requests` frames answered, queued as `units` Requests and FrameRuns."""
+        self.in_flight -= requests
+        for _ in range(units):
             self.in_flight_bytes -= self.in_flight_sizes.popleft()
         if self.closing_code is not None and self.in_flight == 0:
             self._close_with(self.closing_code)
@@ -259,9 +280,15 @@ class Server:
         self.config = config
         # The pipeline's header check: pay / pay_batch bodies go to it undecoded (its C reader decodes them).
         # SWITCH_FAST_PATH=0 decodes them here instead (the slow path, kept for before/after measurements).
-        self._peek = getattr(getattr(engine, "pipeline", None), "peek", None)
+        pipeline = getattr(engine, "pipeline", None)
+        self._peek = getattr(pipeline, "peek", None)
         if os.environ.get("SWITCH_FAST_PATH", "1") == "0":
             self._peek = None
+        # Runs of pay frames as one request (FrameRun); SWITCH_FRAME_RUNS=0 queues one Request per frame
+        # (the path before runs, kept for side-by-side measurements).
+        self.cut = getattr(pipeline, "cut", None) if self._peek is not None else None
+        if os.environ.get("SWITCH_FRAME_RUNS", "1") == "0":
+            self.cut = None
         self.limits = server_limits or ServerLimits()
         self.ssl_context = ssl_context
         self.connections: set[Connection] = set()
@@ -273,8 +300,16 @@ class Server:
         self._wakeup: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
         self._listener: asyncio.base_events.Server | None = None
-        # One thread: batches run strictly one after another, off the event loop.
+        # One thread: batches run strictly one after another, off the event loop; and one more that
+        # writes each executed batch (in order) while the next one runs.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="switch-commit")
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="switch-write")
+        self._engine = engine if hasattr(engine, "execute_batch") else _WholeBatches(engine)
+        self._writes: collections.deque[asyncio.Task] = collections.deque()
+        # Batches written while the next one executes (SWITCH_WRITE_OVERLAP=1): none by default.
+        # Measured with the switch on one core (bench/RESULTS.md section 5) it lost: the write's own
+        # CPU then competes with the execution, and each extra commit costs its fixed CPU again.
+        self._writes_ahead = 1 if os.environ.get("SWITCH_WRITE_OVERLAP", "0") == "1" else 0
         self.batches_committed = 0
         # Ledger events per second the recent batches committed (see _note_commit_rate); 0: unknown.
         self.commit_events_per_second = 0
@@ -349,10 +384,18 @@ class Server:
         self.commit_events_per_second = rate if not previous else (previous * 3 + rate) // 4
 
     async def _run_batches(self) -> None:
+        """Batches execute one after another in the engine thread; each one's write, then its
+        answers, follow in the writer thread -- with SWITCH_WRITE_OVERLAP=1, while the next batch
+        executes when a full one is waiting.  At most two batches are executed and unanswered at a
+        time: one writing, one waiting to."""
+        writes = self._writes
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                while writes and (writes[0].done() or len(writes) > self._writes_ahead
+                                  or not self._full_batch_queued()):
+                    await writes.popleft()
                 oldest_queued_ns = self._oldest_queued_ns
                 batch = self._take_batch()
                 work = [(connection.participant, request) for connection, request in batch]
@@ -360,18 +403,66 @@ class Server:
                 if self._queue:
                     self._oldest_queued_ns = started_ns    # the rest arrived earlier: a lower bound
                 try:
-                    outcomes = await self.loop.run_in_executor(self._executor, self.engine.process_batch, work)
+                    executed = await self.loop.run_in_executor(self._executor, self._engine.execute_batch, work)
                 except Exception:
-                    log.exception("engine failed on a batch of %d", len(batch))
-                    outcomes = [(Code.INTERNAL_ERROR, None)] * len(batch)
-                self.batches_committed += 1
-                self._answer(batch, outcomes)
-                answered_ns = time.perf_counter_ns()
-                try:
-                    self.ops.observe_batch(batch, outcomes, answered_ns - started_ns, answered_ns - oldest_queued_ns)
-                except Exception:       # counting must never stop the batcher
-                    log.exception("a batch of %d could not be counted in the statistics", len(batch))
-                self._note_commit_rate(sum(request.events for _, request in batch), answered_ns - started_ns)
+                    log.exception("engine failed on a batch of %d; rebuilding state from storage", len(batch))
+                    while writes:                          # what was written stays: rebuild after it
+                        await writes.popleft()
+                    await self._recover()
+                    failed_ns = time.perf_counter_ns() - started_ns
+                    self._finish(batch, [(Code.INTERNAL_ERROR, None)] * len(batch), started_ns, oldest_queued_ns,
+                                 failed_ns)
+                    continue
+                executed_ns = time.perf_counter_ns() - started_ns
+                previous = writes[-1] if writes else None
+                writes.append(self.loop.create_task(
+                    self._write_and_answer(batch, executed, previous, started_ns, oldest_queued_ns, executed_ns)))
+
+    def _full_batch_queued(self) -> bool:
+        """Enough queued to execute ahead of the write in flight: at least half a batch.  With less,
+        waiting for the write lets more arrive, and one commit (an fsync: a fixed cost) carries
+        them all instead of two commits carrying half each."""
+        return self._queued_events * 2 >= self.limits.batch_events_max
+
+    async def _write_and_answer(self, batch: list, executed: Any, previous: asyncio.Task | None,
+                                started_ns: int, oldest_queued_ns: int, executed_ns: int) -> None:
+        """Write one executed batch once the batch before it is written, then answer it: never an
+        answer before its batch is durable (fsync) or handed to the OS (os).  A failed write fails
+        this batch and, through recover(), every batch executed on top of it.  Never raises."""
+        try:
+            if previous is not None:
+                await previous
+            write_started_ns = time.perf_counter_ns()
+            outcomes = await self.loop.run_in_executor(self._writer, self._engine.write_batch, executed)
+            if outcomes is None:
+                await self._recover()
+                outcomes = [(Code.STORAGE_FAILED, None)] * len(batch)
+        except Exception:
+            log.exception("writing a batch of %d failed unexpectedly; rebuilding state from storage", len(batch))
+            await self._recover()
+            outcomes = [(Code.INTERNAL_ERROR, None)] * len(batch)
+            write_started_ns = started_ns + executed_ns
+        written_ns = time.perf_counter_ns() - write_started_ns
+        # The batch's share of the switch's time: executing and writing overlap with the batches
+        # before and after it, so the slower of the two, unless they run one after the other.
+        busy_ns = max(executed_ns, written_ns) if self._writes_ahead else executed_ns + written_ns
+        self._finish(batch, outcomes, started_ns, oldest_queued_ns, busy_ns)
+
+    async def _recover(self) -> None:
+        try:
+            await self.loop.run_in_executor(self._executor, self._engine.recover)
+        except Exception:
+            log.exception("state could not be rebuilt from storage")
+
+    def _finish(self, batch: list, outcomes: list, started_ns: int, oldest_queued_ns: int, busy_ns: int) -> None:
+        self.batches_committed += 1
+        self._answer(batch, outcomes)
+        answered_ns = time.perf_counter_ns()
+        try:
+            self.ops.observe_batch(batch, outcomes, answered_ns - started_ns, answered_ns - oldest_queued_ns)
+        except Exception:       # counting must never stop the batcher
+            log.exception("a batch of %d could not be counted in the statistics", len(batch))
+        self._note_commit_rate(sum(request.events for _, request in batch), busy_ns)
 
     def _take_batch(self) -> list[tuple[Connection, Request]]:
         """Everything queued, up to batch_events_max ledger events (always at least one request).
@@ -393,20 +484,35 @@ class Server:
         return batch
 
     def _answer(self, batch: list[tuple[Connection, Request]], outcomes: list) -> None:
-        frames: dict[Connection, list[bytes]] = {}
+        """Each connection's answers in one write, in request order; [frames, requests, units] each."""
+        answers: dict[Connection, list] = {}
         for (connection, request), outcome in zip(batch, outcomes):
-            if type(outcome) is Encoded:
-                frame = outcome.frame            # the pipeline wrote it (a raw pay / pay_batch)
+            frame = self._frame_of(request, outcome)
+            entry = answers.get(connection)
+            if entry is None:
+                answers[connection] = [[frame], request.count, 1]
             else:
-                frame = protocol.pack_frame(protocol.response(request.request_id, *outcome))
-            frames.setdefault(connection, []).append(frame)
-        for connection, connection_frames in frames.items():
+                entry[0].append(frame)
+                entry[1] += request.count
+                entry[2] += 1
+        for connection, (frames, requests, units) in answers.items():
             if connection.state != CLOSED and not connection.transport.is_closing():
-                connection.transport.write(b"".join(connection_frames))
-            connection.answered(len(connection_frames))
+                connection.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            connection.answered(requests, units)
             if connection.state == DRAINING and connection.in_flight == 0:
                 connection.transport.close()
                 connection.state = CLOSED
+
+    def _frame_of(self, request: Request, outcome: Any) -> bytes:
+        kind = type(outcome)
+        if kind is Encoded or kind is EncodedRun:
+            return outcome.frame                # the pipeline wrote it (raw pay / pay_batch frames)
+        if request.op == OP_RAW_RUN:            # shed, or its batch failed: every frame gets the code
+            return protocol.refusal_frames(request.args, outcome[0], self._request_id_of)
+        return protocol.pack_frame(protocol.response(request.request_id, *outcome))
+
+    def _request_id_of(self, body: bytes) -> int:
+        return self._peek(body)[1]
 
     async def reload_rules_file(self) -> tuple[int, Any]:
         """SIGHUP: re-read the configured rules file in the commit thread, so the swap falls
@@ -440,9 +546,30 @@ class Server:
                 await self._batcher
             except asyncio.CancelledError:
                 pass
+        for write in self._writes:
+            write.cancel()                  # only after the timeout: their connections are closed
         if self._listener is not None:
             await self._listener.wait_closed()
         self._executor.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
+
+
+class _WholeBatches:
+    """An engine with process_batch only (the tests' doubles): it writes as it executes."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def execute_batch(self, batch: list) -> list:
+        return self.engine.process_batch(batch)
+
+    @staticmethod
+    def write_batch(outcomes: list) -> list:
+        return outcomes
+
+    @staticmethod
+    def recover() -> None:
+        """process_batch recovers by itself."""
 
 
 def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
