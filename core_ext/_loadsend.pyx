@@ -185,6 +185,7 @@ cdef class OpenLoop:
     cdef int64_t fifo_capacity
     cdef int64_t spin_ns
     cdef int64_t measure_start_ns, measure_end_ns, interval_ns, drain_end_ns
+    cdef int64_t catch_up_end_ns   # the sender stops writing late frames here: half the drain
     cdef int interval_count
     cdef Histogram total, send_lag
     cdef Histogram *intervals
@@ -217,6 +218,8 @@ cdef class OpenLoop:
         self.items_per_frame, self.fifo_capacity, self.spin_ns = items_per_frame, fifo_capacity, spin_ns
         self.measure_start_ns, self.measure_end_ns, self.interval_ns = measure_start_ns, measure_end_ns, interval_ns
         self.drain_end_ns = measure_end_ns + drain_timeout_ns
+        # Late frames are written up to half the drain, so the last of them have the other half to be answered.
+        self.catch_up_end_ns = measure_end_ns + drain_timeout_ns // 2
         self.interval_count = <int>((measure_end_ns - measure_start_ns + interval_ns - 1) // interval_ns)
         self.sending = 1     # until send() returns: a receiver started first must not see the run as over
         self.connections = <Connection *>calloc(len(connections), sizeof(Connection))
@@ -296,14 +299,14 @@ cdef class OpenLoop:
 
     def send(self, int64_t end_ns):
         """Send every frame due before `end_ns` (CLOCK_MONOTONIC) on schedule, or as soon after as
-        the FIFO and the socket let it (up to the drain deadline); call it on its own thread."""
+        the FIFO and the socket let it (up to half the drain); call it on its own thread."""
         with nogil:
             self._send_loop(end_ns)
         loadsend_store(&self.sending, 0)
 
     cdef void _send_loop(self, int64_t end_ns) noexcept nogil:
         """Until every frame due before `end_ns` is written (a stalled thread catches up after
-        it: the count is the schedule's), its connection failed, or the drain deadline passed."""
+        it: the count is the schedule's), its connection failed, or half the drain has passed."""
         cdef int64_t now_ns, next_ns
         cdef int index
         loadsend_no_timer_slack()
@@ -314,7 +317,7 @@ cdef class OpenLoop:
             next_ns, self.retry_ns = INT64_MAX, INT64_MAX
             for index in range(self.connection_count):
                 next_ns = min(next_ns, self._send_due(index, now_ns))
-            if (next_ns == INT64_MAX and self.retry_ns == INT64_MAX) or now_ns >= self.drain_end_ns:
+            if (next_ns == INT64_MAX and self.retry_ns == INT64_MAX) or now_ns >= self.catch_up_end_ns:
                 return
             if self.retry_ns < next_ns - self.spin_ns:
                 # Only a blocked socket or a full FIFO to look at again: sleep, leave the CPU to the receiver.

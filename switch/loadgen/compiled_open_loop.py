@@ -70,6 +70,8 @@ def _run_threads(open_loop, recorder: Recorder, end_ns: int, progress_slot: Call
             recorder.cpu_s = time.process_time() - cpu_start_s
         receiver.join(PROGRESS_PERIOD_S)
     sender.join()
+    if cpu_start_s is not None and not recorder.cpu_s:     # the threads ended before a poll saw the end
+        recorder.cpu_s = time.process_time() - cpu_start_s
     progress_slot(open_loop.completed_payments())
     if failures:
         raise failures[0]
@@ -88,7 +90,7 @@ def _merge(export: dict, recorder: Recorder, drain_timeout_s: float, items_per_f
     recorder.payments_written = export["frames_written_in_window"] * items_per_frame
     if export["unsent_frames"]:
         recorder.errors.append(f"{export['unsent_frames']} frames due in the window were never written: the in-flight "
-                               "limit or a blocked socket held them back past the drain deadline")
+                               f"limit or a blocked socket held them back past half the drain ({drain_timeout_s / 2} s)")
     if export["unanswered_frames"]:
         recorder.errors.append(f"{export['unanswered_frames']} frames unanswered at the end of the drain "
                                f"({drain_timeout_s} s at most) or on a lost connection")
