@@ -166,7 +166,7 @@ class TestCompiledLoop:
         assert export["unanswered_frames"] == 5
 
     def test_batch_answers_count_each_items_code(self):
-        run = _Loop(frame_count=1, rate_per_s=1_000, window_s=0.2, in_flight_max=1, items_per_frame=3)
+        run = _Loop(frame_count=1, rate_per_s=1, window_s=0.2, in_flight_max=1, items_per_frame=3)   # one frame due
         _read_frames(run.peer, 1)
         detail = [15_000, 187, {"nested": ["a", b"\x00" * 20, 1.5, -3, None, True]}, "Merchant"]
         run.peer.sendall(_answer(1, 0, [[0, detail], [105, None], [0, {"k": 2**40}]]))
@@ -174,14 +174,14 @@ class TestCompiledLoop:
         assert export["by_code"] == {0: 2, 105: 1} and export["errors"] == []
 
     def test_a_refused_batch_counts_its_whole_code_for_every_item(self):
-        run = _Loop(frame_count=1, rate_per_s=1_000, window_s=0.2, in_flight_max=1, items_per_frame=4)
+        run = _Loop(frame_count=1, rate_per_s=1, window_s=0.2, in_flight_max=1, items_per_frame=4)
         _read_frames(run.peer, 1)
         run.peer.sendall(_answer(1, 600))
         export = run.finish()
         assert export["by_code"] == {600: 4}
 
     def test_an_answer_out_of_request_order_is_reported(self):
-        run = _Loop(frame_count=2, rate_per_s=1_000, window_s=0.05, in_flight_max=2)
+        run = _Loop(frame_count=2, rate_per_s=50, window_s=0.03, in_flight_max=2)     # frames due at 0 and 20 ms
         _read_frames(run.peer, 2)
         run.peer.sendall(_answer(2, 0) + _answer(1, 0))
         export = run.finish()
