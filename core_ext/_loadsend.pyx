@@ -229,8 +229,8 @@ cdef class OpenLoop:
         if _histogram_init(&self.total, FINE_BITS) or _histogram_init(&self.send_lag, FINE_BITS):
             raise MemoryError()
         for index, (fd, frames, frame_ends, id_offsets, first_due_ns, connection_interval_ns) in enumerate(connections):
+            self.connection_count = index + 1      # first: __dealloc__ frees what a failing _add allocated
             self._add(index, fd, frames, frame_ends, id_offsets, first_due_ns, connection_interval_ns)
-            self.connection_count = index + 1
 
     cdef _add(self, int index, int fd, bytes frames, frame_ends, id_offsets, int64_t first_due_ns,
               int64_t interval_ns):
