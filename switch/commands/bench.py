@@ -44,7 +44,7 @@ def _run_options(function):
         click.option("--rate", "rate_per_s", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True,
                      help="Open loop: offered payments per second."),
         click.option("--sender", type=click.Choice(["c", "python"]), default="c", show_default=True,
-                     help="Open loop: the compiled sender (threads without the GIL, on time to microseconds) "
+                     help="Open loop: the compiled sender (threads without the GIL: on time to microseconds while it has a CPU) "
                           "or the asyncio one it replaced (late by milliseconds at p99), for comparison."),
         click.option("--in-flight-max", type=click.IntRange(1, limits.IN_FLIGHT_REQUESTS_MAX),
                      default=limits.IN_FLIGHT_REQUESTS_MAX, show_default=True,
