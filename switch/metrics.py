@@ -36,7 +36,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from core_ext import limits
-from core_ext.codes import name_of
+from core_ext.codes import Code, name_of
 from switch import protocol
 
 log = logging.getLogger("switch.metrics")
@@ -119,6 +119,10 @@ class OpsStats:
         self.requests.update([(request.op if request.op in known else "other", outcome[0])
                               for (_, request), outcome in zip(batch, outcomes)])
         self.batch_events.observe(events)
+
+    def observe_shed(self, op: str) -> None:
+        """A request answered BUSY by the server without entering a batch."""
+        self.requests[(op if op in _KNOWN_OPS else "other", Code.BUSY)] += 1
 
     def timed_commit(self, commit: Callable[[], Any]) -> Callable[[], Any]:
         """Wrap a storage commit so every call's duration lands in commit_us (also when it fails)."""
