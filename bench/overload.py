@@ -393,7 +393,12 @@ def switch_view(before: dict, after: dict) -> dict:
     batches = after["batch_events"]["count"] - before["batch_events"]["count"]
     busy = sum(count for _, code, count in after["requests"] if code == CODE_BUSY) - \
         sum(count for _, code, count in before["requests"] if code == CODE_BUSY)
+    wait_counts = [b - a for a, b in zip(before["wait_us"]["counts"], after["wait_us"]["counts"])]
+    budget_us = limits.SERVER_QUEUE_WAIT_MS_MAX * 1000
+    over_budget = sum(count for bound, count in zip(list(after["wait_us"]["bounds"]) + [float("inf")], wait_counts)
+                      if bound > budget_us)
     return {"batches": batches, "events_per_batch": round(events / max(1, batches)), "busy_requests": busy,
+            "batches_waiting_over_budget": over_budget,
             **{name: histogram_quantiles_us(before[name], after[name]) for name in ("wait_us", "batch_us", "commit_us")}}
 
 

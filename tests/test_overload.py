@@ -36,7 +36,7 @@ SLOW_READER_REQUESTS = 1000
 SLOW_READER_ANSWER_BYTES = 16 << 10
 # Peak resident memory may grow this much during the run (the whole test process: server and clients).
 # Measured: ~11 MiB for the overload alone; the slow reader adds the answers the server already
-# executed for it and holds until it is cut (at most in_flight_requests_max of them: here ~16 MiB).
+# executed for it and holds until it is cut (at most write_buffer_bytes_max, 4 MiB, plus one batch's).
 RSS_GROWTH_BYTES_MAX = 64 << 20
 
 
@@ -180,7 +180,7 @@ def make_server(**limit_overrides) -> Server:
 
 def test_queue_wait_bound_at_the_limit_and_one_past():
     server = make_server(batch_events_max=10, queue_events_max=10**6, queue_wait_ms_max=100)
-    server.commit_events_per_second = 1_000                # 100 ms of work = 100 events
+    server.commit_events_per_second = 2_000                # 100 ms of work at half that rate = 100 events
     server._queued_events = 50
     assert not server._over_queue_bounds(50)
     assert server._over_queue_bounds(51)
