@@ -49,6 +49,16 @@ async def wait_for_thread_event(event: threading.Event) -> None:
     await asyncio.get_running_loop().run_in_executor(None, event.wait, 10)
 
 
+async def until(condition) -> None:
+    """Until the in-process server reached a state (the test's own timeout bounds the wait)."""
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+def shed_count(server, op: str) -> int:
+    return server.ops.requests[(op, Code.BUSY)]
+
+
 @pytest.mark.parametrize("loop_kind", LOOP_KINDS)
 def test_busy_goes_out_while_a_batch_commits_and_keeps_its_place_behind_earlier_answers(loop_kind):
     engine = GatedEngine()
@@ -62,6 +72,7 @@ def test_busy_goes_out_while_a_batch_commits_and_keeps_its_place_behind_earlier_
             wallet.send(pay(1))
             await wait_for_thread_event(engine.entered)             # batch [1] is in the engine, held
             wallet.send_bytes(b"".join(protocol.pack_frame(pay(i)) for i in (2, 3, 4)))   # 2 queues; 3, 4 shed
+            await until(lambda: shed_count(server, "pay") == 2)
             other.send(pay(50))                                     # shed: nothing of `other` is owed
             busy_while_held = await other.frame()
             held_batches = len(engine.batches)
@@ -236,3 +247,57 @@ def test_connections_that_do_not_authenticate_are_refused_past_handshakes_max(lo
     assert first_frame == [0, Code.TOO_MANY_CONNECTIONS, None]
     assert welcome[:2] == [0, Code.OK]
     assert admitted == "challenge"
+
+
+class GatedRealEngine:
+    """The real engine (pipeline, rules, ledger) behind a gate the test opens."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.pipeline = engine.pipeline           # the server's fast path peeks with it
+
+    def process_batch(self, batch):
+        self.entered.set()
+        self.gate.wait(10)
+        return self.engine.process_batch(batch)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_with_the_real_engine_nothing_of_a_busy_payment_is_applied(tmp_path, loop_kind):
+    from test_pipeline_server import open_engine, pay_item
+
+    engine, config = open_engine(tmp_path)
+    gated = GatedRealEngine(engine)
+
+    async def scenario():
+        async with running(gated, config, queue_events_max=PAY_EVENTS) as (server, port):
+            raw = await Raw.authenticated(port)
+            raw.send([1, "pay_batch", [pay_item(1)]])
+            await wait_for_thread_event(gated.entered)           # batch [1] is in the engine, held
+            raw.send_bytes(b"".join(protocol.pack_frame([i, "pay_batch", [pay_item(i)]]) for i in range(2, 7)))
+            await until(lambda: shed_count(server, "raw_pay") == 4)
+            gated.gate.set()
+            answers = [await raw.frame() for _ in range(6)]
+            retries = []
+            for i in range(3, 7):                                   # the shed ones, sent again one by one
+                raw.send([10 + i, "pay_batch", [pay_item(i)]])
+                retries.append(await raw.frame())
+            stats = server.ops.snapshot()
+            await raw.close()
+            return answers, retries, stats
+
+    try:
+        answers, retries, stats = run_on(loop_kind, scenario)
+    finally:
+        engine.close()
+    assert [answer[0] for answer in answers] == [1, 2, 3, 4, 5, 6]
+    assert [answer[1] for answer in answers] == [Code.OK, Code.OK] + [Code.BUSY] * 4
+    assert all(answer[2] is None for answer in answers[2:])
+    # Applied now, not EXISTS: nothing of the BUSY requests had reached the ledger.
+    assert [(retry[0], retry[1], retry[2][0][0]) for retry in retries] == [(10 + i, Code.OK, Code.OK) for i in range(3, 7)]
+    assert ["raw_pay", Code.BUSY, 4] in stats["requests"]
