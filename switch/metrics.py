@@ -36,7 +36,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from core_ext import limits
-from core_ext.codes import name_of
+from core_ext.codes import Code, name_of
 from switch import protocol
 
 log = logging.getLogger("switch.metrics")
@@ -125,6 +125,13 @@ class OpsStats:
             else:
                 requests[(request.op if request.op in known else "other", outcome[0])] += 1
         self.batch_events.observe(events)
+
+    def observe_shed(self, op: str, frames: int = 1) -> None:
+        """A request answered BUSY by the server without entering a batch (a FrameRun: its frames,
+        counted as the raw_pay requests they are, as observe_batch does)."""
+        if op == "raw_run":
+            op = "raw_pay"
+        self.requests[(op if op in _KNOWN_OPS else "other", Code.BUSY)] += frames
 
     def timed_commit(self, commit: Callable[[], Any]) -> Callable[[], Any]:
         """Wrap a storage commit so every call's duration lands in commit_us (also when it fails)."""

@@ -38,6 +38,10 @@ log = logging.getLogger("switch.server")
 SWITCH_INTERVAL_SECONDS = 0.0001
 
 HANDSHAKE, OPEN, DRAINING, CLOSED = "handshake", "open", "draining", "closed"
+# Admission plans for the next batches committing at half the recent rate: a shared machine drifts 2x
+# within seconds, and measured under a tenfold overload (bench/overload.py, fsync) planning for the full
+# budget left 3-12% of batches waiting past it, planning for half of it 0.5-2%.
+COMMIT_RATE_HEADROOM = 2
 NS_PER_SECOND = 1_000_000_000
 
 
@@ -47,9 +51,12 @@ class ServerLimits:
     def __init__(self, connections_max: int = limits.CONNECTIONS_MAX,
                  in_flight_requests_max: int = limits.IN_FLIGHT_REQUESTS_MAX,
                  in_flight_bytes_max: int = limits.IN_FLIGHT_BYTES_MAX,
+                 busy_answers_held_max: int = limits.BUSY_ANSWERS_HELD_MAX,
                  write_buffer_bytes_high: int = limits.WRITE_BUFFER_BYTES_HIGH,
                  write_stall_ms_max: int = limits.WRITE_STALL_MS_MAX,
+                 write_buffer_bytes_max: int = limits.WRITE_BUFFER_BYTES_MAX,
                  handshake_timeout_ms: int = limits.HANDSHAKE_TIMEOUT_MS,
+                 handshakes_max: int = limits.HANDSHAKES_MAX,
                  batch_events_max: int = limits.SERVER_BATCH_EVENTS_MAX,
                  queue_events_max: int = limits.SERVER_QUEUE_EVENTS_MAX,
                  queue_wait_ms_max: int = limits.SERVER_QUEUE_WAIT_MS_MAX,
@@ -57,9 +64,12 @@ class ServerLimits:
         self.connections_max = connections_max
         self.in_flight_requests_max = in_flight_requests_max
         self.in_flight_bytes_max = in_flight_bytes_max
+        self.busy_answers_held_max = busy_answers_held_max
         self.write_buffer_bytes_high = write_buffer_bytes_high
         self.write_stall_ms_max = write_stall_ms_max
+        self.write_buffer_bytes_max = write_buffer_bytes_max
         self.handshake_timeout_ms = handshake_timeout_ms
+        self.handshakes_max = handshakes_max
         self.batch_events_max = batch_events_max
         self.queue_events_max = queue_events_max
         self.queue_wait_ms_max = queue_wait_ms_max
@@ -81,8 +91,18 @@ class Connection(asyncio.BufferedProtocol):
         # Frame bytes of each unanswered request or FrameRun, oldest first (answers come in order).
         self.in_flight_sizes: collections.deque[int] = collections.deque()
         self.in_flight_bytes = 0
+        # One slot per request (or FrameRun) of this connection in the server's queue or a running
+        # batch, oldest first: None, or the BUSY answers of requests shed after it, each as
+        # (its frames, the requests they answer), written right after its answer.
+        self.answers_owed: collections.deque[list[tuple[bytes, int]] | None] = collections.deque()
+        # BUSY answers with nothing earlier owed: written together once the frames of a read are cut.
+        self.busy_unsent: list[bytes] = []
+        self.busy_unsent_requests = 0           # the frames those answers answer (a FrameRun: several)
+        self.busy_held = 0                      # BUSY answers (requests or FrameRuns) in answers_owed
+        self.shed_count = 0                     # requests of this connection shed with BUSY
         self.reading_paused = False
         self.writing_paused = False
+        self.behind_at_last_answer = False      # writing was paused when the last answers were written
         self.closing_code: int | None = None   # a fatal error waiting for earlier answers
         self._timer: asyncio.TimerHandle | None = None
         self.peer = None
@@ -92,13 +112,15 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
-        if len(self.server.connections) >= self.limits.connections_max or self.server.stopping:
+        if self.server.stopping or len(self.server.connections) >= self.limits.connections_max \
+                or len(self.server.handshaking) >= self.limits.handshakes_max:
             code = Code.SHUTTING_DOWN if self.server.stopping else Code.TOO_MANY_CONNECTIONS
             self.state = CLOSED
             transport.write(protocol.pack_frame(protocol.response(protocol.CONNECTION_REQUEST_ID, code)))
             transport.close()
             return
         self.server.connections.add(self)
+        self.server.handshaking.add(self)
         transport.set_write_buffer_limits(high=self.limits.write_buffer_bytes_high)
         transport.write(protocol.pack_frame(protocol.challenge_message(self.server.config.name, self.nonce)))
         self._timer = self.server.loop.call_later(
@@ -109,7 +131,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.buffer.wrote(nbytes)
+        shed_before = self.shed_count
         self._drain_frames()
+        if self.shed_count != shed_before and not self.reading_paused:
+            self._yield_to_batches()
 
     def eof_received(self) -> bool:
         # Half-close: the client sent everything. Answer what is in flight, then close.
@@ -126,6 +151,7 @@ class Connection(asyncio.BufferedProtocol):
         self.state = CLOSED
         self._cancel_timer()
         self.server.connections.discard(self)
+        self.server.handshaking.discard(self)
 
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its requests, and cut it
@@ -137,12 +163,18 @@ class Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self.behind_at_last_answer = False
         self._cancel_timer()
         self._maybe_resume_reading()
 
     # ---- frames ----------------------------------------------------------------------
 
     def _drain_frames(self, ignore_in_flight_limit: bool = False) -> None:
+        self._cut_frames(ignore_in_flight_limit)
+        if self.busy_unsent:
+            self._write_busy()
+
+    def _cut_frames(self, ignore_in_flight_limit: bool) -> None:
         while self.state in (HANDSHAKE, OPEN) and self.closing_code is None:
             if self._in_flight_full() and not ignore_in_flight_limit:
                 self._pause_reading()
@@ -191,6 +223,7 @@ class Connection(asyncio.BufferedProtocol):
         self._cancel_timer()
         self.participant = participant
         self.state = OPEN
+        self.server.handshaking.discard(self)
         welcome = {"participant_id": participant.id, "role": participant.role}
         self.transport.write(protocol.pack_frame(protocol.response(protocol.CONNECTION_REQUEST_ID, Code.OK, welcome)))
 
@@ -202,21 +235,42 @@ class Connection(asyncio.BufferedProtocol):
 
     def _in_flight_full(self) -> bool:
         """Unanswered requests bound both in count and in bytes: a connection can hold at most
-        in_flight_bytes_max (plus one frame) of the server's memory, whatever its frames hold."""
+        in_flight_bytes_max (plus one frame) of the server's memory, whatever its frames hold; and
+        BUSY answers held behind earlier ones, so a flood is shed a bounded number per batch."""
         return (self.in_flight >= self.limits.in_flight_requests_max
-                or self.in_flight_bytes >= self.limits.in_flight_bytes_max)
+                or self.in_flight_bytes >= self.limits.in_flight_bytes_max
+                or self.busy_held >= self.limits.busy_answers_held_max)
 
     # ---- answers and errors ------------------------------------------------------------
 
     def answered(self, requests: int, units: int) -> None:
-        """`requests` frames answered, queued as `units` Requests and FrameRuns."""
+        """`requests` frames answered (written, or dropped with the connection closed), queued as
+        `units` Requests and FrameRuns."""
         self.in_flight -= requests
         for _ in range(units):
             self.in_flight_bytes -= self.in_flight_sizes.popleft()
+        if self._too_far_behind():
+            self._cut_off_slow_reader()
+            return
         if self.closing_code is not None and self.in_flight == 0:
             self._close_with(self.closing_code)
             return
         self._maybe_resume_reading()
+
+    def _yield_to_batches(self) -> None:
+        """While shedding, one read per turn of the event loop: uvloop reads a readable socket up to 32
+        times in a row, and eight flooding connections then keep the loop cutting and shedding frames
+        for up to a second before it takes the finished batch's answers (measured: bench/overload.py)."""
+        self._pause_reading()
+        self.server.loop.call_soon(self._maybe_resume_reading)
+
+    def _write_busy(self) -> None:
+        """One write for the BUSY answers of a read (a flood is shed at a syscall per read, not per frame)."""
+        frames, self.busy_unsent = self.busy_unsent, []
+        requests, self.busy_unsent_requests = self.busy_unsent_requests, 0
+        if self.state != CLOSED and not self.transport.is_closing():
+            self.transport.write(b"".join(frames))
+        self.answered(requests, len(frames))
 
     def _fail(self, code: int) -> None:
         """A fatal error: answer it with request id 0 after every earlier answer, then close."""
@@ -234,7 +288,18 @@ class Connection(asyncio.BufferedProtocol):
             self.transport.close()
         self.state = CLOSED
 
+    def _too_far_behind(self) -> bool:
+        """More than write_buffer_bytes_max unsent after answers written while the client was already
+        behind (past write_buffer_bytes_high at the previous answers).  One burst of answers to a client
+        that was keeping up may overshoot freely; a client that stopped reading is cut at its next
+        answers instead of making the switch hold them for write_stall_ms_max."""
+        if self.state == CLOSED:
+            return False
+        was_behind, self.behind_at_last_answer = self.behind_at_last_answer, self.writing_paused
+        return was_behind and self.transport.get_write_buffer_size() > self.limits.write_buffer_bytes_max
+
     def _cut_off_slow_reader(self) -> None:
+        self._cancel_timer()
         log.warning("%s: %s, %d bytes unsent", self.peer, Code.SLOW_READER.name, self.transport.get_write_buffer_size())
         self.state = CLOSED
         self.transport.abort()
@@ -292,10 +357,12 @@ class Server:
         self.limits = server_limits or ServerLimits()
         self.ssl_context = ssl_context
         self.connections: set[Connection] = set()
+        self.handshaking: set[Connection] = set()      # connected, not yet authenticated
         self.stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[tuple[Connection, Request]] = []
         self._queued_events = 0
+        self._running_events = 0        # the ledger events of the batches executing or writing, unanswered
         self._oldest_queued_ns = 0
         self._wakeup: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
@@ -344,10 +411,11 @@ class Server:
         return protocol.decode_request(body)
 
     def submit(self, connection: Connection, request: Request) -> None:
-        """Queue a request for the next batch; past the queue's bounds it is shed with BUSY
-        (still queued, so its answer keeps its place in the connection's order)."""
+        """Queue a request for the next batch; past the queue's bounds it is shed with BUSY."""
         if request.error is None and request.events and self._over_queue_bounds(request.events):
-            request.error, request.events = Code.BUSY, 0
+            self._shed(connection, request)
+            return
+        connection.answers_owed.append(None)
         self._queued_events += request.events
         if not self._queue:
             # The oldest waiting request's arrival: the batch that takes it reports its wait.
@@ -355,17 +423,40 @@ class Server:
         self._queue.append((connection, request))
         self._wakeup.set()
 
+    def _shed(self, connection: Connection, request: Request) -> None:
+        """Answer BUSY without queueing: as soon as the frames of this read are cut when nothing earlier
+        on this connection is unanswered, else right after the last earlier answer (answers keep request
+        order).  A shed request never sits in the queue or a batch: it neither delays the accepted
+        requests nor waits behind them."""
+        self.ops.observe_shed(request.op, request.count)
+        connection.shed_count += request.count
+        frame = self._frame_of(request, (Code.BUSY, None))
+        owed = connection.answers_owed
+        if not owed:
+            connection.busy_unsent.append(frame)
+            connection.busy_unsent_requests += request.count
+            return
+        if owed[-1] is None:
+            owed[-1] = [(frame, request.count)]
+        else:
+            owed[-1].append((frame, request.count))
+        connection.busy_held += 1
+
     def _over_queue_bounds(self, events: int) -> bool:
-        """Past queue_events_max; or, with more than a batch waiting, more work ahead than the
-        recent commit rate gets through in queue_wait_ms_max (so what is accepted is answered in
-        about that time, and the rest is told BUSY at once instead of waiting seconds).  Before
-        any batch has committed the rate is unknown: no more than one batch may wait."""
+        """Past queue_events_max; or more work ahead (the queue and the batch now committing) than half
+        the recent commit rate gets through in queue_wait_ms_max, so what is accepted is answered within
+        about that time and the rest is told BUSY at once instead of waiting seconds.  An empty queue
+        always takes a request (the switch keeps moving however slow its disk); before any batch has
+        committed the rate is unknown, and no more than one batch may wait."""
         queued = self._queued_events + events
         if queued > self.limits.queue_events_max:
             return True
-        if queued <= self.limits.batch_events_max:
+        if not self._queued_events:
             return False
-        return queued * 1000 > self.limits.queue_wait_ms_max * self.commit_events_per_second
+        if not self.commit_events_per_second:
+            return queued > self.limits.batch_events_max
+        ahead = queued + self._running_events
+        return ahead * 1000 * COMMIT_RATE_HEADROOM > self.limits.queue_wait_ms_max * self.commit_events_per_second
 
     def _note_commit_rate(self, events: int, elapsed_ns: int) -> None:
         """Learn the commit rate from batches at least half full, and from smaller ones only until
@@ -380,8 +471,9 @@ class Server:
             return
         previous = self.commit_events_per_second if self._rate_from_full_batches else 0
         self._rate_from_full_batches = True
-        # Weighted toward recent batches: follows a disk that slows down within a few batches.
-        self.commit_events_per_second = rate if not previous else (previous * 3 + rate) // 4
+        # A slower batch is believed at once (what is accepted must be answered in time even when the
+        # disk or the CPU slows down); a faster one only a quarter, so one lucky batch admits little.
+        self.commit_events_per_second = rate if not previous or rate < previous else (previous * 3 + rate) // 4
 
     async def _run_batches(self) -> None:
         """Batches execute one after another in the engine thread; each one's write, then its
@@ -398,6 +490,8 @@ class Server:
                     await writes.popleft()
                 oldest_queued_ns = self._oldest_queued_ns
                 batch = self._take_batch()
+                events = sum(request.events for _, request in batch)
+                self._running_events += events      # executed or writing, not yet answered
                 work = [(connection.participant, request) for connection, request in batch]
                 started_ns = time.perf_counter_ns()
                 if self._queue:
@@ -462,7 +556,9 @@ class Server:
             self.ops.observe_batch(batch, outcomes, answered_ns - started_ns, answered_ns - oldest_queued_ns)
         except Exception:       # counting must never stop the batcher
             log.exception("a batch of %d could not be counted in the statistics", len(batch))
-        self._note_commit_rate(sum(request.events for _, request in batch), busy_ns)
+        events = sum(request.events for _, request in batch)
+        self._running_events -= events
+        self._note_commit_rate(events, busy_ns)
 
     def _take_batch(self) -> list[tuple[Connection, Request]]:
         """Everything queued, up to batch_events_max ledger events (always at least one request).
@@ -484,17 +580,23 @@ class Server:
         return batch
 
     def _answer(self, batch: list[tuple[Connection, Request]], outcomes: list) -> None:
-        """Each connection's answers in one write, in request order; [frames, requests, units] each."""
+        """Each connection's answers in one write, in request order, each followed by the BUSY
+        answers held behind it; [frames, requests, units] per connection."""
         answers: dict[Connection, list] = {}
         for (connection, request), outcome in zip(batch, outcomes):
-            frame = self._frame_of(request, outcome)
             entry = answers.get(connection)
             if entry is None:
-                answers[connection] = [[frame], request.count, 1]
-            else:
-                entry[0].append(frame)
-                entry[1] += request.count
-                entry[2] += 1
+                entry = answers[connection] = [[], 0, 0]
+            entry[0].append(self._frame_of(request, outcome))
+            entry[1] += request.count
+            entry[2] += 1
+            shed_after = connection.answers_owed.popleft()
+            if shed_after is not None:
+                for frame, requests in shed_after:
+                    entry[0].append(frame)
+                    entry[1] += requests
+                entry[2] += len(shed_after)
+                connection.busy_held -= len(shed_after)
         for connection, (frames, requests, units) in answers.items():
             if connection.state != CLOSED and not connection.transport.is_closing():
                 connection.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
