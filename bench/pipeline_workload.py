@@ -41,8 +41,14 @@ class NoStorage:
         self.components = components
 
     def commit(self) -> None:
+        self.write(self.prepare())
+
+    def prepare(self) -> None:
         for component in self.components:
             component.take_journal()
+
+    def write(self, record: None) -> None:
+        """Nothing to write."""
 
     def reload(self) -> None:
         raise AssertionError("a workload batch failed")

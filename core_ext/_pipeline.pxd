@@ -184,4 +184,5 @@ cdef class Pipeline:
     cdef int _write_audit(self, const PayC* item, const MerchantC* merchant, const DecisionOut* decision, int64_t now_ns) except -1
     cdef int _flush_audit(self) except -1
     cdef bytes _frame(self, uint64_t request_id, bint batch, Py_ssize_t count)
+    cdef int _encode_frame(self, uint64_t request_id, bint batch, Py_ssize_t count) except -1
     cdef int _put_answer(self, const PayC* item) except -1

@@ -85,6 +85,10 @@ cdef enum:
     AUDIT_HEADER_BYTES = 90         # pipeline_types.AUDIT_HEADER.size
     AUDIT_VERSION_C = 1
     RULES_CAPACITY = 64
+    RUN_FRAMES_YIELD_NS = 200000    # run_frames lets other threads take the GIL this often (0.2 ms)
+
+# run_frames' payloads: the C reader keeps none (the guard decodes a dynamic code's own bytes).
+_NO_PAYLOADS = [None] * LIMIT_BATCH_FRAME_ITEMS_MAX
 
 
 def split_stage_ns(total_ns, rules_sampled_ns, post_sampled_ns):
@@ -449,6 +453,35 @@ cdef Py_ssize_t read_request(Reader* r, uint64_t* request_id, PayC* items, bint*
     return count if r.position == r.size else -1
 
 
+cdef Py_ssize_t peek_body(const unsigned char* data, Py_ssize_t size, uint64_t* request_id) noexcept nogil:
+    """Pipeline.peek in C: the ledger events of a body the fast path takes, or -1."""
+    cdef Reader r
+    cdef Py_ssize_t count
+    r.data, r.size, r.position = data, size, 1
+    if size < 2 or data[0] != 0x93:
+        return -1
+    if data[1] > 0x7F and data[1] != 0xCC and data[1] != 0xCD and data[1] != 0xCE:
+        return -1
+    if not read_uint(&r, request_id) or request_id[0] < 1:
+        return -1
+    if r.position + 4 <= size and data[r.position] == 0xA3 and memcmp(data + r.position + 1, b"pay", 3) == 0:
+        return 2
+    if r.position + 10 <= size and data[r.position] == 0xA9 and memcmp(data + r.position + 1, b"pay_batch", 9) == 0:
+        r.position += 10
+        count = read_array(&r)
+        return 2 * count if 0 < count <= <Py_ssize_t>LIMIT_BATCH_FRAME_ITEMS_MAX else 1
+    return -1
+
+
+cdef inline Py_ssize_t read_length(const unsigned char* data, Py_ssize_t available) noexcept nogil:
+    """The body length of the frame at `data` when the whole frame is there, else -1."""
+    cdef Py_ssize_t length
+    if available < 4:
+        return -1
+    length = (<Py_ssize_t>data[0] << 24) | (<Py_ssize_t>data[1] << 16) | (<Py_ssize_t>data[2] << 8) | data[3]
+    return length if available - 4 >= length else -1
+
+
 # ---- the msgpack writer (the same bytes msgpack.packb(use_bin_type=True) gives) --------------
 
 cdef int out_reserve(Out* out, Py_ssize_t more) except -1:
@@ -462,6 +495,13 @@ cdef int out_reserve(Out* out, Py_ssize_t more) except -1:
     if grown == NULL:
         raise MemoryError()
     out.data, out.capacity = grown, capacity
+    return 0
+
+
+cdef int out_append(Out* out, const unsigned char* data, Py_ssize_t size) except -1:
+    out_reserve(out, size)
+    memcpy(out.data + out.size, data, size)
+    out.size += size
     return 0
 
 
@@ -920,24 +960,38 @@ cdef class Pipeline:
     def peek(bytes body):
         """(ledger events, request id) of a body the fast path takes ([uint, "pay"|"pay_batch", ...]),
         or (-1, 0); the twin's docstring says why."""
-        cdef Reader r
+        cdef uint64_t request_id = 0
+        cdef Py_ssize_t events = peek_body(<const unsigned char*>PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body),
+                                           &request_id)
+        if events < 0:
+            return (-1, 0)
+        return (events, request_id)
+
+    @staticmethod
+    def cut(const unsigned char[::1] data, Py_ssize_t start, Py_ssize_t end, Py_ssize_t frames_max,
+            Py_ssize_t body_bytes_budget, Py_ssize_t events_max, Py_ssize_t frame_bytes_max):
+        """The run of complete frames at data[start:end] (4-byte length prefix + body each) that
+        `run_frames` takes as one unit: (frames, end offset, ledger events, body bytes).  It stops
+        before a frame `peek` does not take, an incomplete one, one whose length is refused (0 or
+        past frame_bytes_max: the caller's own cutting answers those), and once frames_max frames
+        or body_bytes_budget bytes are taken or events_max would be passed (one frame at least)."""
+        cdef Py_ssize_t frames = 0, events = 0, body_bytes = 0, length, taken
         cdef uint64_t request_id
-        cdef Py_ssize_t count
-        r.data, r.size, r.position = <const unsigned char*>PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), 1
-        if r.size < 2 or r.data[0] != 0x93:
-            return (-1, 0)
-        if r.data[1] > 0x7F and r.data[1] not in (0xCC, 0xCD, 0xCE):
-            return (-1, 0)
-        if not read_uint(&r, &request_id) or request_id < 1:
-            return (-1, 0)
-        if r.position + 4 <= r.size and r.data[r.position] == 0xA3 and memcmp(r.data + r.position + 1, b"pay", 3) == 0:
-            return (2, request_id)
-        if r.position + 10 <= r.size and r.data[r.position] == 0xA9 \
-                and memcmp(r.data + r.position + 1, b"pay_batch", 9) == 0:
-            r.position += 10
-            count = read_array(&r)
-            return (2 * count if 0 < count <= <Py_ssize_t>LIMIT_BATCH_FRAME_ITEMS_MAX else 1, request_id)
-        return (-1, 0)
+        if end > data.shape[0] or start < 0:
+            raise ValueError("cut: start/end outside the buffer")
+        while frames < frames_max and body_bytes < body_bytes_budget and end - start >= 4:
+            length = ((<Py_ssize_t>data[start] << 24) | (<Py_ssize_t>data[start + 1] << 16)
+                      | (<Py_ssize_t>data[start + 2] << 8) | data[start + 3])
+            if length == 0 or length > frame_bytes_max or end - start - 4 < length:
+                break
+            taken = peek_body(&data[start + 4], length, &request_id)
+            if taken < 0 or (frames and events + taken > events_max):
+                break
+            frames += 1
+            events += taken
+            body_bytes += length
+            start += 4 + length
+        return (frames, start, events, body_bytes)
 
     def run(self, participant_id, bytes body, int64_t now_ns):
         """One raw request body in, its whole response frame out (a bytes object)."""
@@ -954,6 +1008,58 @@ cdef class Pipeline:
         self.stage_ns[STAGE_DECODE] += monotonic_ns() - started_ns
         self._execute(participant_id, count, now_ns)
         return self._frame(request_id, batch, count)
+
+    def run_frames(self, participant_id, bytes frames, int64_t now_ns):
+        """Every frame of `frames` (length-prefixed bodies back to back, as `cut` took them) run in
+        order, as `run` would one by one: (their response frames back to back, {request-level code:
+        frames}).  No Python object per frame unless one takes the slow decoder."""
+        cdef const unsigned char* data = <const unsigned char*>PyBytes_AS_STRING(frames)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(frames), position = 0, length, count, same = 0
+        cdef uint64_t request_id, started_ns, yielded_ns = monotonic_ns()
+        cdef uint32_t code = 0, previous = 0
+        cdef bint batch
+        cdef Reader r
+        cdef Out answers
+        answers.data, answers.size, answers.capacity = NULL, 0, 0
+        codes = {}
+        try:
+            while position < size:
+                length = read_length(data + position, size - position)
+                if length < 0:
+                    raise ValueError("run_frames: a frame runs past the end")
+                started_ns = monotonic_ns()
+                if started_ns - yielded_ns > RUN_FRAMES_YIELD_NS:
+                    # C holds the GIL without ever offering it: let the event loop and the storage
+                    # writer (back from its fsync) in between two frames.
+                    with nogil:
+                        pass
+                    yielded_ns = started_ns = monotonic_ns()
+                r.data, r.size, r.position = data + position + 4, length, 0
+                request_id, batch = 0, False
+                count = read_request(&r, &request_id, self.items, &batch)
+                if count < 0:
+                    frame = self._run_decoded(participant_id, PyBytes_FromStringAndSize(<const char*>r.data, length),
+                                              now_ns, started_ns)
+                    out_append(&answers, <const unsigned char*>PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
+                else:
+                    self.fast_decodes += 1
+                    self._payloads = _NO_PAYLOADS
+                    self.stage_ns[STAGE_DECODE] += monotonic_ns() - started_ns
+                    self._execute(participant_id, count, now_ns)
+                    self._encode_frame(request_id, batch, count)
+                    out_append(&answers, self._response.data, self._response.size)
+                code = self.last_code
+                if same and code != previous:
+                    codes[previous] = codes.get(previous, 0) + same
+                    same = 0
+                previous = code
+                same += 1
+                position += 4 + length
+            if same:
+                codes[previous] = codes.get(previous, 0) + same
+            return (PyBytes_FromStringAndSize(<const char*>answers.data, answers.size), codes)
+        finally:
+            free(answers.data)
 
     cdef object _run_decoded(self, participant_id, bytes body, int64_t now_ns, uint64_t started_ns):
         """The slow path's decoder decides a body the C reader does not take (errors included)."""
@@ -1311,6 +1417,11 @@ cdef class Pipeline:
     # ---- the response frame --------------------------------------------------------------------
 
     cdef bytes _frame(self, uint64_t request_id, bint batch, Py_ssize_t count):
+        self._encode_frame(request_id, batch, count)
+        return PyBytes_FromStringAndSize(<const char*>self._response.data, self._response.size)
+
+    cdef int _encode_frame(self, uint64_t request_id, bint batch, Py_ssize_t count) except -1:
+        """The response frame of the items just run, into self._response (from its start)."""
         cdef uint64_t started_ns = monotonic_ns()
         cdef Out* out = &self._response
         cdef Py_ssize_t index, body_bytes
@@ -1332,9 +1443,8 @@ cdef class Pipeline:
         body_bytes = out.size - 4
         out.data[0], out.data[1] = <unsigned char>(body_bytes >> 24), <unsigned char>(body_bytes >> 16)
         out.data[2], out.data[3] = <unsigned char>(body_bytes >> 8), <unsigned char>body_bytes
-        frame = PyBytes_FromStringAndSize(<const char*>out.data, out.size)
         self.stage_ns[STAGE_RESPOND] += monotonic_ns() - started_ns
-        return frame
+        return 0
 
     cdef int _put_answer(self, const PayC* item) except -1:
         """code, then [amount_minor, fee_minor, ledger, merchant_name] or nil."""

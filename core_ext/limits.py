@@ -59,14 +59,27 @@ ARRAY_ITEMS_MAX = 8192
 IN_FLIGHT_REQUESTS_MAX = 1024
 # ... or past this many bytes of their frames, so a connection's memory is bounded by bytes too.
 IN_FLIGHT_BYTES_MAX = 16 << 20
+# BUSY answers a connection may have waiting behind its earlier answers (requests shed while one of
+# its requests was still in a batch); past it the server stops reading that connection until they are
+# written.  It bounds what a flood makes the event loop cut and shed between two batches, so a batch's
+# answers are not delayed behind the shedding of thousands of frames.
+BUSY_ANSWERS_HELD_MAX = 64
 # Connections the server holds at once; one more is answered and closed.
 CONNECTIONS_MAX = 1024
 # Unsent response bytes per connection before the server stops reading from it ...
 WRITE_BUFFER_BYTES_HIGH = 1 << 20
-# ... and how long it may stay there before the connection is cut off.
-WRITE_STALL_MS_MAX = 5_000
-# Time a new connection has to authenticate.
-HANDSHAKE_TIMEOUT_MS = 5_000
+# ... and how long it may stay there before the connection is cut off (a wallet's GC pause or a
+# network blip is far shorter; a client that stopped reading holds the switch's memory meanwhile).
+WRITE_STALL_MS_MAX = 2_000
+# Unsent response bytes past which a connection is cut at once, stall or not: the answers to requests
+# already executed keep arriving after reading stops, and a slow reader must not hold up to
+# in_flight_requests_max of them for write_stall_ms_max.
+WRITE_BUFFER_BYTES_MAX = 4 << 20
+# Time a new connection has to authenticate (one round trip after the server's challenge).
+HANDSHAKE_TIMEOUT_MS = 2_000
+# Connections still authenticating at once; one more is answered TOO_MANY_CONNECTIONS and closed, so
+# a flood of connections that never authenticate cannot take the wallets' connections_max slots.
+HANDSHAKES_MAX = 64
 # Per-participant token bucket: sustained items per second, and the burst allowed.
 RATE_ITEMS_PER_SECOND = 200_000
 RATE_BURST_ITEMS = 400_000

@@ -39,6 +39,9 @@ _SUCCESS = (Code.OK, Code.EXISTS)
 # A request the server did not decode: `args` is the raw body of a pay / pay_batch frame and
 # its answer is the encoded response frame (server.Connection hands these to the pipeline).
 OP_RAW_PAY = "raw_pay"
+# Several such frames of one connection, back to back with their length prefixes, as one request
+# (a `FrameRun`): the pipeline runs them in one call and answers their response frames in one bytes.
+OP_RAW_RUN = "raw_run"
 
 
 def load_rules_file(path: str) -> RuleSet:
@@ -75,10 +78,29 @@ class Encoded(NamedTuple):
     frame: bytes
 
 
+class EncodedRun(NamedTuple):
+    """The answers of a FrameRun: `code` is its first request-level code that is not OK (else OK),
+    `frame` every response frame back to back, `codes` how many frames got each request-level code."""
+    code: int
+    frame: bytes
+    codes: dict
+
+
+class ExecutedBatch(NamedTuple):
+    """A batch run in memory (Engine.execute_batch), waiting for Engine.write_batch."""
+    now_ns: int
+    batch: list
+    outcomes: list
+    record: Any             # Storage.prepare()'s record (None: nothing changed), or the error preparing it
+    generation: int         # Engine.generation when it executed
+
+
 class Engine(OperatorOps):
-    """One batch at a time, from one thread; not safe for concurrent calls."""
+    """One batch at a time, from one thread; not safe for concurrent calls -- except that
+    write_batch may run in another thread while the next batch executes (see the server)."""
 
     input_log: Any = None             # a switch.inputlog.InputLog: every committed batch is recorded
+    generation = 0                    # recover() calls so far: a batch executed before one is dropped
 
     def __init__(self, config: Config, core: Any, ledger: Any, merchants: Any, storage: Any,
                  rules: Any = None, clock_ns: Callable[[], int] = time.time_ns, audit: AuditLog | None = None) -> None:
@@ -192,28 +214,64 @@ class Engine(OperatorOps):
 
     def process_batch(self, batch: list[tuple[Participant, Request]]) -> list[Outcome]:
         """Execute every request in order, commit once, and return one Outcome per request."""
-        now_ns = self.clock_ns()
         try:
-            self.ledger.expire_pending(now_ns)
-            outcomes: list[Any] = [self._execute(participant, request, now_ns) for participant, request in batch]
+            executed = self.execute_batch(batch)
         except Exception:
             # A bug: nothing of this batch may stay in memory, since none of it will be committed.
             log.exception("batch of %d requests failed; rebuilding state from storage", len(batch))
-            self.storage.reload()
+            self.recover()
             return [Outcome(Code.INTERNAL_ERROR, None)] * len(batch)
-        try:
-            self.storage.commit()
-        except Exception:
-            log.exception("commit of a batch of %d requests failed", len(batch))
-            self.storage.reload()
+        outcomes = self.write_batch(executed)
+        if outcomes is None:
+            self.recover()
             return [Outcome(Code.STORAGE_FAILED, None)] * len(batch)
-        if self.input_log is not None:
-            self.input_log.record(now_ns, batch, outcomes)
         return outcomes
+
+    # process_batch in two halves, so that the server writes one batch while the next executes.
+
+    def execute_batch(self, batch: list[tuple[Participant, Request]]) -> ExecutedBatch:
+        """Run every request in order in memory and take the batch's journal record, unwritten.
+        Raises on a bug: memory then holds part of the batch, and recover() must run once every
+        earlier batch's write has finished (and before the next batch executes)."""
+        now_ns = self.clock_ns()
+        self.ledger.expire_pending(now_ns)
+        outcomes: list[Any] = [self._execute(participant, request, now_ns) for participant, request in batch]
+        try:
+            record = self.storage.prepare()
+        except Exception as error:          # e.g. a record past journal_record_bytes_max: its write fails
+            record = error
+        return ExecutedBatch(now_ns, batch, outcomes, record, self.generation)
+
+    def write_batch(self, executed: ExecutedBatch) -> list[Outcome] | None:
+        """Write an executed batch's record (batches in the order they executed; any thread, one at
+        a time) and return its outcomes.  None when the write failed: recover() must run before the
+        next batch executes.  STORAGE_FAILED for each request when a recover() since it executed
+        has already dropped it from memory (it ran on the effects of a batch that failed to write)."""
+        if executed.generation != self.generation:
+            return [Outcome(Code.STORAGE_FAILED, None)] * len(executed.batch)
+        try:
+            if isinstance(executed.record, Exception):
+                raise executed.record
+            self.storage.write(executed.record)
+        except Exception:
+            log.exception("commit of a batch of %d requests failed", len(executed.batch))
+            return None
+        if self.input_log is not None:
+            self.input_log.record(executed.now_ns, executed.batch, executed.outcomes)
+        return executed.outcomes
+
+    def recover(self) -> None:
+        """Memory rebuilt from what storage holds, after a batch failed or failed to write: every
+        batch executed but not yet written is dropped with it (write_batch fails them)."""
+        self.storage.reload()
+        self.generation += 1
 
     def _execute(self, participant: Participant, request: Request, now_ns: int) -> Any:
         if request.error is not None:
             return Outcome(request.error, None)
+        if request.op == OP_RAW_RUN:
+            frames, codes = self._after_pay(self.pipeline.run_frames(participant.id, request.args, now_ns))
+            return EncodedRun(next((code for code in codes if code != Code.OK), Code.OK), frames, codes)
         if request.op == OP_RAW_PAY:
             self.pipeline.review_slots_free = self.review_slots_free(now_ns)
             frame = self._after_pay(self.pipeline.run(participant.id, request.args, now_ns))

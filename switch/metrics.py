@@ -36,7 +36,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from core_ext import limits
-from core_ext.codes import name_of
+from core_ext.codes import Code, name_of
 from switch import protocol
 
 log = logging.getLogger("switch.metrics")
@@ -116,16 +116,29 @@ class OpsStats:
         # An operation name the protocol does not define is the client's own text: counted as
         # "other", so a client cannot grow this table (or a scrape's label set) without bound.
         known = _KNOWN_OPS
-        self.requests.update([(request.op if request.op in known else "other", outcome[0])
-                              for (_, request), outcome in zip(batch, outcomes)])
+        requests = self.requests
+        for (_, request), outcome in zip(batch, outcomes):
+            if request.op == "raw_run":         # a FrameRun: its frames counted as the raw_pay requests they are
+                codes = outcome[2] if len(outcome) > 2 else {outcome[0]: request.count}
+                for code, count in codes.items():
+                    requests[("raw_pay", code)] += count
+            else:
+                requests[(request.op if request.op in known else "other", outcome[0])] += 1
         self.batch_events.observe(events)
+
+    def observe_shed(self, op: str, frames: int = 1) -> None:
+        """A request answered BUSY by the server without entering a batch (a FrameRun: its frames,
+        counted as the raw_pay requests they are, as observe_batch does)."""
+        if op == "raw_run":
+            op = "raw_pay"
+        self.requests[(op if op in _KNOWN_OPS else "other", Code.BUSY)] += frames
 
     def timed_commit(self, commit: Callable[[], Any]) -> Callable[[], Any]:
         """Wrap a storage commit so every call's duration lands in commit_us (also when it fails)."""
-        def commit_and_time():
+        def commit_and_time(*args):
             start_ns = time.perf_counter_ns()
             try:
-                return commit()
+                return commit(*args)
             finally:
                 self.commit_us.observe((time.perf_counter_ns() - start_ns) // 1000)
         return commit_and_time

@@ -37,7 +37,7 @@ class OperatorOps:
     ops: OpsStats | None = None
     reviews: review_module.ReviewQueue | None = None
     rules_path: str | None = None
-    _storage_commit: Any = None       # the storage's own commit, before it was wrapped to be timed
+    _storage_commit: Any = None       # the storage's own write, before it was wrapped to be timed
 
     def attach_operations(self, ops: OpsStats | None = None, reviews: Any = None,
                           rules_path: str | None = None) -> None:
@@ -48,9 +48,10 @@ class OperatorOps:
         if ops is not None and ops is not self.ops:
             self.ops = ops
             # Timed from outside: the engine calls commit once per batch and stays free of metrics code.
+            # Its write: commit() calls it, and the server calls it alone (Engine.write_batch).
             if self._storage_commit is None:
-                self._storage_commit = self.storage.commit
-            self.storage.commit = ops.timed_commit(self._storage_commit)
+                self._storage_commit = self.storage.write
+            self.storage.write = ops.timed_commit(self._storage_commit)
         if reviews is not None:
             self.reviews = reviews
         if rules_path is not None:

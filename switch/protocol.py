@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 import struct
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import msgpack
 
@@ -146,6 +146,19 @@ class FrameBuffer:
             self._start = self._end = 0
         return body
 
+    def take_run(self, cut: Any, frames_max: int, body_bytes_budget: int, events_max: int) -> "FrameRun | None":
+        """The complete frames at the front that the pipeline's `cut` takes as one unit (see
+        Pipeline.cut), as a FrameRun holding them with their length prefixes; None if it takes none."""
+        frames, end, events, body_bytes = cut(self._data, self._start, self._end, frames_max, body_bytes_budget,
+                                              events_max, self._frame_bytes_max)
+        if not frames:
+            return None
+        blob = bytes(memoryview(self._data)[self._start:end])
+        self._start = end
+        if self._start == self._end:
+            self._start = self._end = 0
+        return FrameRun(blob, frames, events, body_bytes)
+
     def _make_room(self) -> None:
         live = self._end - self._start
         if self._start > 0:
@@ -247,6 +260,7 @@ class Request:
     """One decoded request; `error` set means it is answered without the engine."""
 
     __slots__ = ("request_id", "op", "args", "error", "events")
+    count = 1                   # the frames it answers (a FrameRun: several)
 
     def __init__(self, request_id: int, op: str, args: Any, error: Code | None = None, events: int = 1) -> None:
         self.request_id = request_id
@@ -254,6 +268,32 @@ class Request:
         self.args = args
         self.error = error
         self.events = events
+
+
+class FrameRun(Request):
+    """`count` pay / pay_batch frames of one connection, back to back with their length prefixes
+    (`args`), queued, run and answered as one request (op "raw_run", see switch/engine.py):
+    no Python object per frame.  `body_bytes` is what they count against in_flight_bytes_max."""
+
+    __slots__ = ("count", "body_bytes")
+
+    def __init__(self, frames: bytes, count: int, events: int, body_bytes: int) -> None:
+        super().__init__(CONNECTION_REQUEST_ID, "raw_run", frames, None, events)
+        self.count = count
+        self.body_bytes = body_bytes
+
+
+def refusal_frames(frames: bytes, code: int, request_id_of: Callable[[bytes], int]) -> bytes:
+    """The answer `code` (BUSY, STORAGE_FAILED, ...) to every frame of a FrameRun's bytes, each under
+    its own request id; `request_id_of(body)` reads it."""
+    answers = []
+    position = 0
+    while position < len(frames):
+        (length,) = LENGTH_PREFIX.unpack_from(frames, position)
+        body = frames[position + LENGTH_PREFIX_BYTES:position + LENGTH_PREFIX_BYTES + length]
+        answers.append(pack_frame(response(request_id_of(body), code)))
+        position += LENGTH_PREFIX_BYTES + length
+    return b"".join(answers)
 
 
 def decode_request(body: bytes) -> Request:

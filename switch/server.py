@@ -1,12 +1,15 @@
 """The TCP server: connections, handshake, limits, batching, graceful shutdown.
 
 One `Connection` (an asyncio BufferedProtocol) per client reads straight into
-its FrameBuffer and cuts every complete frame of a read into a Request.  All
+its FrameBuffer.  The complete pay / pay_batch frames at its front become ONE
+FrameRun (the pipeline's `cut` finds them, its `run_frames` runs them and
+writes all their answers into one bytes): no Python object per frame on the
+payment path.  Any other frame is cut into a Request of its own.  All
 connections feed one queue; a single batch task takes everything queued (up to
-server_batch_events_max events), runs it through `Engine.process_batch` in one
-worker thread -- one engine call, one commit -- and only then writes the
-answers.  While a batch commits, the event loop keeps reading and queueing the
-next one.  Answers on one connection go out in request order.
+server_batch_events_max events), runs it through `Engine.execute_batch` in one
+worker thread, then `Engine.write_batch` (one commit) in another (optionally
+while the next batch executes: SWITCH_WRITE_OVERLAP=1), and only then writes the
+answers.  Meanwhile the event loop keeps reading and queueing.  Answers on one connection go out in request order.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from switch import protocol
 from switch.config import Config, Participant
 from switch.metrics import OpsStats
 from switch.protocol import FrameBuffer, ProtocolError, Request
-from switch.engine import OP_RAW_PAY, Encoded
+from switch.engine import OP_RAW_PAY, OP_RAW_RUN, Encoded, EncodedRun
 
 log = logging.getLogger("switch.server")
 
@@ -35,6 +38,10 @@ log = logging.getLogger("switch.server")
 SWITCH_INTERVAL_SECONDS = 0.0001
 
 HANDSHAKE, OPEN, DRAINING, CLOSED = "handshake", "open", "draining", "closed"
+# Admission plans for the next batches committing at half the recent rate: a shared machine drifts 2x
+# within seconds, and measured under a tenfold overload (bench/overload.py, fsync) planning for the full
+# budget left 3-12% of batches waiting past it, planning for half of it 0.5-2%.
+COMMIT_RATE_HEADROOM = 2
 NS_PER_SECOND = 1_000_000_000
 
 
@@ -44,9 +51,12 @@ class ServerLimits:
     def __init__(self, connections_max: int = limits.CONNECTIONS_MAX,
                  in_flight_requests_max: int = limits.IN_FLIGHT_REQUESTS_MAX,
                  in_flight_bytes_max: int = limits.IN_FLIGHT_BYTES_MAX,
+                 busy_answers_held_max: int = limits.BUSY_ANSWERS_HELD_MAX,
                  write_buffer_bytes_high: int = limits.WRITE_BUFFER_BYTES_HIGH,
                  write_stall_ms_max: int = limits.WRITE_STALL_MS_MAX,
+                 write_buffer_bytes_max: int = limits.WRITE_BUFFER_BYTES_MAX,
                  handshake_timeout_ms: int = limits.HANDSHAKE_TIMEOUT_MS,
+                 handshakes_max: int = limits.HANDSHAKES_MAX,
                  batch_events_max: int = limits.SERVER_BATCH_EVENTS_MAX,
                  queue_events_max: int = limits.SERVER_QUEUE_EVENTS_MAX,
                  queue_wait_ms_max: int = limits.SERVER_QUEUE_WAIT_MS_MAX,
@@ -54,9 +64,12 @@ class ServerLimits:
         self.connections_max = connections_max
         self.in_flight_requests_max = in_flight_requests_max
         self.in_flight_bytes_max = in_flight_bytes_max
+        self.busy_answers_held_max = busy_answers_held_max
         self.write_buffer_bytes_high = write_buffer_bytes_high
         self.write_stall_ms_max = write_stall_ms_max
+        self.write_buffer_bytes_max = write_buffer_bytes_max
         self.handshake_timeout_ms = handshake_timeout_ms
+        self.handshakes_max = handshakes_max
         self.batch_events_max = batch_events_max
         self.queue_events_max = queue_events_max
         self.queue_wait_ms_max = queue_wait_ms_max
@@ -75,11 +88,21 @@ class Connection(asyncio.BufferedProtocol):
         self.participant: Participant | None = None
         self.nonce = protocol.new_nonce()
         self.in_flight = 0
-        # Frame sizes of the unanswered requests, oldest first (answers come in order).
+        # Frame bytes of each unanswered request or FrameRun, oldest first (answers come in order).
         self.in_flight_sizes: collections.deque[int] = collections.deque()
         self.in_flight_bytes = 0
+        # One slot per request (or FrameRun) of this connection in the server's queue or a running
+        # batch, oldest first: None, or the BUSY answers of requests shed after it, each as
+        # (its frames, the requests they answer), written right after its answer.
+        self.answers_owed: collections.deque[list[tuple[bytes, int]] | None] = collections.deque()
+        # BUSY answers with nothing earlier owed: written together once the frames of a read are cut.
+        self.busy_unsent: list[bytes] = []
+        self.busy_unsent_requests = 0           # the frames those answers answer (a FrameRun: several)
+        self.busy_held = 0                      # BUSY answers (requests or FrameRuns) in answers_owed
+        self.shed_count = 0                     # requests of this connection shed with BUSY
         self.reading_paused = False
         self.writing_paused = False
+        self.behind_at_last_answer = False      # writing was paused when the last answers were written
         self.closing_code: int | None = None   # a fatal error waiting for earlier answers
         self._timer: asyncio.TimerHandle | None = None
         self.peer = None
@@ -89,13 +112,15 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
-        if len(self.server.connections) >= self.limits.connections_max or self.server.stopping:
+        if self.server.stopping or len(self.server.connections) >= self.limits.connections_max \
+                or len(self.server.handshaking) >= self.limits.handshakes_max:
             code = Code.SHUTTING_DOWN if self.server.stopping else Code.TOO_MANY_CONNECTIONS
             self.state = CLOSED
             transport.write(protocol.pack_frame(protocol.response(protocol.CONNECTION_REQUEST_ID, code)))
             transport.close()
             return
         self.server.connections.add(self)
+        self.server.handshaking.add(self)
         transport.set_write_buffer_limits(high=self.limits.write_buffer_bytes_high)
         transport.write(protocol.pack_frame(protocol.challenge_message(self.server.config.name, self.nonce)))
         self._timer = self.server.loop.call_later(
@@ -106,7 +131,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.buffer.wrote(nbytes)
+        shed_before = self.shed_count
         self._drain_frames()
+        if self.shed_count != shed_before and not self.reading_paused:
+            self._yield_to_batches()
 
     def eof_received(self) -> bool:
         # Half-close: the client sent everything. Answer what is in flight, then close.
@@ -123,6 +151,7 @@ class Connection(asyncio.BufferedProtocol):
         self.state = CLOSED
         self._cancel_timer()
         self.server.connections.discard(self)
+        self.server.handshaking.discard(self)
 
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its requests, and cut it
@@ -134,16 +163,27 @@ class Connection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self.behind_at_last_answer = False
         self._cancel_timer()
         self._maybe_resume_reading()
 
     # ---- frames ----------------------------------------------------------------------
 
     def _drain_frames(self, ignore_in_flight_limit: bool = False) -> None:
+        self._cut_frames(ignore_in_flight_limit)
+        if self.busy_unsent:
+            self._write_busy()
+
+    def _cut_frames(self, ignore_in_flight_limit: bool) -> None:
         while self.state in (HANDSHAKE, OPEN) and self.closing_code is None:
             if self._in_flight_full() and not ignore_in_flight_limit:
                 self._pause_reading()
                 return
+            if self.state == OPEN and self.server.cut is not None:
+                run = self._take_run(ignore_in_flight_limit)
+                if run is not None:
+                    self._submit(run, run.body_bytes, run.count)
+                    continue
             try:
                 body = self.buffer.next_frame()
             except ProtocolError as error:
@@ -155,6 +195,18 @@ class Connection(asyncio.BufferedProtocol):
                 self._authenticate(body)
             else:
                 self._submit(self.server.request_of(body), len(body))
+
+    def _take_run(self, ignore_in_flight_limit: bool) -> protocol.FrameRun | None:
+        """The pay frames at the buffer's front as one FrameRun, within what the in-flight limits
+        still allow (checked before each frame, as for single frames) and one batch's events."""
+        if ignore_in_flight_limit:
+            frames_max = bytes_budget = sys.maxsize
+        else:
+            frames_max = self.limits.in_flight_requests_max - self.in_flight
+            bytes_budget = self.limits.in_flight_bytes_max - self.in_flight_bytes
+        # Within the queue's bound too, so a run is never too big to be accepted (shed as one).
+        events_max = min(self.limits.batch_events_max, self.limits.queue_events_max)
+        return self.buffer.take_run(self.server.cut, frames_max, bytes_budget, events_max)
 
     def _authenticate(self, body: bytes) -> None:
         try:
@@ -171,31 +223,54 @@ class Connection(asyncio.BufferedProtocol):
         self._cancel_timer()
         self.participant = participant
         self.state = OPEN
+        self.server.handshaking.discard(self)
         welcome = {"participant_id": participant.id, "role": participant.role}
         self.transport.write(protocol.pack_frame(protocol.response(protocol.CONNECTION_REQUEST_ID, Code.OK, welcome)))
 
-    def _submit(self, request: Request, frame_bytes: int) -> None:
-        self.in_flight += 1
+    def _submit(self, request: Request, frame_bytes: int, requests: int = 1) -> None:
+        self.in_flight += requests
         self.in_flight_sizes.append(frame_bytes)
         self.in_flight_bytes += frame_bytes
         self.server.submit(self, request)
 
     def _in_flight_full(self) -> bool:
         """Unanswered requests bound both in count and in bytes: a connection can hold at most
-        in_flight_bytes_max (plus one frame) of the server's memory, whatever its frames hold."""
+        in_flight_bytes_max (plus one frame) of the server's memory, whatever its frames hold; and
+        BUSY answers held behind earlier ones, so a flood is shed a bounded number per batch."""
         return (self.in_flight >= self.limits.in_flight_requests_max
-                or self.in_flight_bytes >= self.limits.in_flight_bytes_max)
+                or self.in_flight_bytes >= self.limits.in_flight_bytes_max
+                or self.busy_held >= self.limits.busy_answers_held_max)
 
     # ---- answers and errors ------------------------------------------------------------
 
-    def answered(self, count: int) -> None:
-        self.in_flight -= count
-        for _ in range(count):
+    def answered(self, requests: int, units: int) -> None:
+        """`requests` frames answered (written, or dropped with the connection closed), queued as
+        `units` Requests and FrameRuns."""
+        self.in_flight -= requests
+        for _ in range(units):
             self.in_flight_bytes -= self.in_flight_sizes.popleft()
+        if self._too_far_behind():
+            self._cut_off_slow_reader()
+            return
         if self.closing_code is not None and self.in_flight == 0:
             self._close_with(self.closing_code)
             return
         self._maybe_resume_reading()
+
+    def _yield_to_batches(self) -> None:
+        """While shedding, one read per turn of the event loop: uvloop reads a readable socket up to 32
+        times in a row, and eight flooding connections then keep the loop cutting and shedding frames
+        for up to a second before it takes the finished batch's answers (measured: bench/overload.py)."""
+        self._pause_reading()
+        self.server.loop.call_soon(self._maybe_resume_reading)
+
+    def _write_busy(self) -> None:
+        """One write for the BUSY answers of a read (a flood is shed at a syscall per read, not per frame)."""
+        frames, self.busy_unsent = self.busy_unsent, []
+        requests, self.busy_unsent_requests = self.busy_unsent_requests, 0
+        if self.state != CLOSED and not self.transport.is_closing():
+            self.transport.write(b"".join(frames))
+        self.answered(requests, len(frames))
 
     def _fail(self, code: int) -> None:
         """A fatal error: answer it with request id 0 after every earlier answer, then close."""
@@ -213,7 +288,18 @@ class Connection(asyncio.BufferedProtocol):
             self.transport.close()
         self.state = CLOSED
 
+    def _too_far_behind(self) -> bool:
+        """More than write_buffer_bytes_max unsent after answers written while the client was already
+        behind (past write_buffer_bytes_high at the previous answers).  One burst of answers to a client
+        that was keeping up may overshoot freely; a client that stopped reading is cut at its next
+        answers instead of making the switch hold them for write_stall_ms_max."""
+        if self.state == CLOSED:
+            return False
+        was_behind, self.behind_at_last_answer = self.behind_at_last_answer, self.writing_paused
+        return was_behind and self.transport.get_write_buffer_size() > self.limits.write_buffer_bytes_max
+
     def _cut_off_slow_reader(self) -> None:
+        self._cancel_timer()
         log.warning("%s: %s, %d bytes unsent", self.peer, Code.SLOW_READER.name, self.transport.get_write_buffer_size())
         self.state = CLOSED
         self.transport.abort()
@@ -259,22 +345,38 @@ class Server:
         self.config = config
         # The pipeline's header check: pay / pay_batch bodies go to it undecoded (its C reader decodes them).
         # SWITCH_FAST_PATH=0 decodes them here instead (the slow path, kept for before/after measurements).
-        self._peek = getattr(getattr(engine, "pipeline", None), "peek", None)
+        pipeline = getattr(engine, "pipeline", None)
+        self._peek = getattr(pipeline, "peek", None)
         if os.environ.get("SWITCH_FAST_PATH", "1") == "0":
             self._peek = None
+        # Runs of pay frames as one request (FrameRun); SWITCH_FRAME_RUNS=0 queues one Request per frame
+        # (the path before runs, kept for side-by-side measurements).
+        self.cut = getattr(pipeline, "cut", None) if self._peek is not None else None
+        if os.environ.get("SWITCH_FRAME_RUNS", "1") == "0":
+            self.cut = None
         self.limits = server_limits or ServerLimits()
         self.ssl_context = ssl_context
         self.connections: set[Connection] = set()
+        self.handshaking: set[Connection] = set()      # connected, not yet authenticated
         self.stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[tuple[Connection, Request]] = []
         self._queued_events = 0
+        self._running_events = 0        # the ledger events of the batches executing or writing, unanswered
         self._oldest_queued_ns = 0
         self._wakeup: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
         self._listener: asyncio.base_events.Server | None = None
-        # One thread: batches run strictly one after another, off the event loop.
+        # One thread: batches run strictly one after another, off the event loop; and one more that
+        # writes each executed batch (in order) while the next one runs.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="switch-commit")
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="switch-write")
+        self._engine = engine if hasattr(engine, "execute_batch") else _WholeBatches(engine)
+        self._writes: collections.deque[asyncio.Task] = collections.deque()
+        # Batches written while the next one executes (SWITCH_WRITE_OVERLAP=1): none by default.
+        # Measured with the switch on one core (bench/RESULTS.md section 5) it lost: the write's own
+        # CPU then competes with the execution, and each extra commit costs its fixed CPU again.
+        self._writes_ahead = 1 if os.environ.get("SWITCH_WRITE_OVERLAP", "0") == "1" else 0
         self.batches_committed = 0
         # Ledger events per second the recent batches committed (see _note_commit_rate); 0: unknown.
         self.commit_events_per_second = 0
@@ -309,10 +411,11 @@ class Server:
         return protocol.decode_request(body)
 
     def submit(self, connection: Connection, request: Request) -> None:
-        """Queue a request for the next batch; past the queue's bounds it is shed with BUSY
-        (still queued, so its answer keeps its place in the connection's order)."""
+        """Queue a request for the next batch; past the queue's bounds it is shed with BUSY."""
         if request.error is None and request.events and self._over_queue_bounds(request.events):
-            request.error, request.events = Code.BUSY, 0
+            self._shed(connection, request)
+            return
+        connection.answers_owed.append(None)
         self._queued_events += request.events
         if not self._queue:
             # The oldest waiting request's arrival: the batch that takes it reports its wait.
@@ -320,17 +423,40 @@ class Server:
         self._queue.append((connection, request))
         self._wakeup.set()
 
+    def _shed(self, connection: Connection, request: Request) -> None:
+        """Answer BUSY without queueing: as soon as the frames of this read are cut when nothing earlier
+        on this connection is unanswered, else right after the last earlier answer (answers keep request
+        order).  A shed request never sits in the queue or a batch: it neither delays the accepted
+        requests nor waits behind them."""
+        self.ops.observe_shed(request.op, request.count)
+        connection.shed_count += request.count
+        frame = self._frame_of(request, (Code.BUSY, None))
+        owed = connection.answers_owed
+        if not owed:
+            connection.busy_unsent.append(frame)
+            connection.busy_unsent_requests += request.count
+            return
+        if owed[-1] is None:
+            owed[-1] = [(frame, request.count)]
+        else:
+            owed[-1].append((frame, request.count))
+        connection.busy_held += 1
+
     def _over_queue_bounds(self, events: int) -> bool:
-        """Past queue_events_max; or, with more than a batch waiting, more work ahead than the
-        recent commit rate gets through in queue_wait_ms_max (so what is accepted is answered in
-        about that time, and the rest is told BUSY at once instead of waiting seconds).  Before
-        any batch has committed the rate is unknown: no more than one batch may wait."""
+        """Past queue_events_max; or more work ahead (the queue and the batch now committing) than half
+        the recent commit rate gets through in queue_wait_ms_max, so what is accepted is answered within
+        about that time and the rest is told BUSY at once instead of waiting seconds.  An empty queue
+        always takes a request (the switch keeps moving however slow its disk); before any batch has
+        committed the rate is unknown, and no more than one batch may wait."""
         queued = self._queued_events + events
         if queued > self.limits.queue_events_max:
             return True
-        if queued <= self.limits.batch_events_max:
+        if not self._queued_events:
             return False
-        return queued * 1000 > self.limits.queue_wait_ms_max * self.commit_events_per_second
+        if not self.commit_events_per_second:
+            return queued > self.limits.batch_events_max
+        ahead = queued + self._running_events
+        return ahead * 1000 * COMMIT_RATE_HEADROOM > self.limits.queue_wait_ms_max * self.commit_events_per_second
 
     def _note_commit_rate(self, events: int, elapsed_ns: int) -> None:
         """Learn the commit rate from batches at least half full, and from smaller ones only until
@@ -345,33 +471,94 @@ class Server:
             return
         previous = self.commit_events_per_second if self._rate_from_full_batches else 0
         self._rate_from_full_batches = True
-        # Weighted toward recent batches: follows a disk that slows down within a few batches.
-        self.commit_events_per_second = rate if not previous else (previous * 3 + rate) // 4
+        # A slower batch is believed at once (what is accepted must be answered in time even when the
+        # disk or the CPU slows down); a faster one only a quarter, so one lucky batch admits little.
+        self.commit_events_per_second = rate if not previous or rate < previous else (previous * 3 + rate) // 4
 
     async def _run_batches(self) -> None:
+        """Batches execute one after another in the engine thread; each one's write, then its
+        answers, follow in the writer thread -- with SWITCH_WRITE_OVERLAP=1, while the next batch
+        executes when a full one is waiting.  At most two batches are executed and unanswered at a
+        time: one writing, one waiting to."""
+        writes = self._writes
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                while writes and (writes[0].done() or len(writes) > self._writes_ahead
+                                  or not self._full_batch_queued()):
+                    await writes.popleft()
                 oldest_queued_ns = self._oldest_queued_ns
                 batch = self._take_batch()
+                events = sum(request.events for _, request in batch)
+                self._running_events += events      # executed or writing, not yet answered
                 work = [(connection.participant, request) for connection, request in batch]
                 started_ns = time.perf_counter_ns()
                 if self._queue:
                     self._oldest_queued_ns = started_ns    # the rest arrived earlier: a lower bound
                 try:
-                    outcomes = await self.loop.run_in_executor(self._executor, self.engine.process_batch, work)
+                    executed = await self.loop.run_in_executor(self._executor, self._engine.execute_batch, work)
                 except Exception:
-                    log.exception("engine failed on a batch of %d", len(batch))
-                    outcomes = [(Code.INTERNAL_ERROR, None)] * len(batch)
-                self.batches_committed += 1
-                self._answer(batch, outcomes)
-                answered_ns = time.perf_counter_ns()
-                try:
-                    self.ops.observe_batch(batch, outcomes, answered_ns - started_ns, answered_ns - oldest_queued_ns)
-                except Exception:       # counting must never stop the batcher
-                    log.exception("a batch of %d could not be counted in the statistics", len(batch))
-                self._note_commit_rate(sum(request.events for _, request in batch), answered_ns - started_ns)
+                    log.exception("engine failed on a batch of %d; rebuilding state from storage", len(batch))
+                    while writes:                          # what was written stays: rebuild after it
+                        await writes.popleft()
+                    await self._recover()
+                    failed_ns = time.perf_counter_ns() - started_ns
+                    self._finish(batch, [(Code.INTERNAL_ERROR, None)] * len(batch), started_ns, oldest_queued_ns,
+                                 failed_ns)
+                    continue
+                executed_ns = time.perf_counter_ns() - started_ns
+                previous = writes[-1] if writes else None
+                writes.append(self.loop.create_task(
+                    self._write_and_answer(batch, executed, previous, started_ns, oldest_queued_ns, executed_ns)))
+
+    def _full_batch_queued(self) -> bool:
+        """Enough queued to execute ahead of the write in flight: at least half a batch.  With less,
+        waiting for the write lets more arrive, and one commit (an fsync: a fixed cost) carries
+        them all instead of two commits carrying half each."""
+        return self._queued_events * 2 >= self.limits.batch_events_max
+
+    async def _write_and_answer(self, batch: list, executed: Any, previous: asyncio.Task | None,
+                                started_ns: int, oldest_queued_ns: int, executed_ns: int) -> None:
+        """Write one executed batch once the batch before it is written, then answer it: never an
+        answer before its batch is durable (fsync) or handed to the OS (os).  A failed write fails
+        this batch and, through recover(), every batch executed on top of it.  Never raises."""
+        try:
+            if previous is not None:
+                await previous
+            write_started_ns = time.perf_counter_ns()
+            outcomes = await self.loop.run_in_executor(self._writer, self._engine.write_batch, executed)
+            if outcomes is None:
+                await self._recover()
+                outcomes = [(Code.STORAGE_FAILED, None)] * len(batch)
+        except Exception:
+            log.exception("writing a batch of %d failed unexpectedly; rebuilding state from storage", len(batch))
+            await self._recover()
+            outcomes = [(Code.INTERNAL_ERROR, None)] * len(batch)
+            write_started_ns = started_ns + executed_ns
+        written_ns = time.perf_counter_ns() - write_started_ns
+        # The batch's share of the switch's time: executing and writing overlap with the batches
+        # before and after it, so the slower of the two, unless they run one after the other.
+        busy_ns = max(executed_ns, written_ns) if self._writes_ahead else executed_ns + written_ns
+        self._finish(batch, outcomes, started_ns, oldest_queued_ns, busy_ns)
+
+    async def _recover(self) -> None:
+        try:
+            await self.loop.run_in_executor(self._executor, self._engine.recover)
+        except Exception:
+            log.exception("state could not be rebuilt from storage")
+
+    def _finish(self, batch: list, outcomes: list, started_ns: int, oldest_queued_ns: int, busy_ns: int) -> None:
+        self.batches_committed += 1
+        self._answer(batch, outcomes)
+        answered_ns = time.perf_counter_ns()
+        try:
+            self.ops.observe_batch(batch, outcomes, answered_ns - started_ns, answered_ns - oldest_queued_ns)
+        except Exception:       # counting must never stop the batcher
+            log.exception("a batch of %d could not be counted in the statistics", len(batch))
+        events = sum(request.events for _, request in batch)
+        self._running_events -= events
+        self._note_commit_rate(events, busy_ns)
 
     def _take_batch(self) -> list[tuple[Connection, Request]]:
         """Everything queued, up to batch_events_max ledger events (always at least one request).
@@ -393,20 +580,41 @@ class Server:
         return batch
 
     def _answer(self, batch: list[tuple[Connection, Request]], outcomes: list) -> None:
-        frames: dict[Connection, list[bytes]] = {}
+        """Each connection's answers in one write, in request order, each followed by the BUSY
+        answers held behind it; [frames, requests, units] per connection."""
+        answers: dict[Connection, list] = {}
         for (connection, request), outcome in zip(batch, outcomes):
-            if type(outcome) is Encoded:
-                frame = outcome.frame            # the pipeline wrote it (a raw pay / pay_batch)
-            else:
-                frame = protocol.pack_frame(protocol.response(request.request_id, *outcome))
-            frames.setdefault(connection, []).append(frame)
-        for connection, connection_frames in frames.items():
+            entry = answers.get(connection)
+            if entry is None:
+                entry = answers[connection] = [[], 0, 0]
+            entry[0].append(self._frame_of(request, outcome))
+            entry[1] += request.count
+            entry[2] += 1
+            shed_after = connection.answers_owed.popleft()
+            if shed_after is not None:
+                for frame, requests in shed_after:
+                    entry[0].append(frame)
+                    entry[1] += requests
+                entry[2] += len(shed_after)
+                connection.busy_held -= len(shed_after)
+        for connection, (frames, requests, units) in answers.items():
             if connection.state != CLOSED and not connection.transport.is_closing():
-                connection.transport.write(b"".join(connection_frames))
-            connection.answered(len(connection_frames))
+                connection.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            connection.answered(requests, units)
             if connection.state == DRAINING and connection.in_flight == 0:
                 connection.transport.close()
                 connection.state = CLOSED
+
+    def _frame_of(self, request: Request, outcome: Any) -> bytes:
+        kind = type(outcome)
+        if kind is Encoded or kind is EncodedRun:
+            return outcome.frame                # the pipeline wrote it (raw pay / pay_batch frames)
+        if request.op == OP_RAW_RUN:            # shed, or its batch failed: every frame gets the code
+            return protocol.refusal_frames(request.args, outcome[0], self._request_id_of)
+        return protocol.pack_frame(protocol.response(request.request_id, *outcome))
+
+    def _request_id_of(self, body: bytes) -> int:
+        return self._peek(body)[1]
 
     async def reload_rules_file(self) -> tuple[int, Any]:
         """SIGHUP: re-read the configured rules file in the commit thread, so the swap falls
@@ -440,9 +648,30 @@ class Server:
                 await self._batcher
             except asyncio.CancelledError:
                 pass
+        for write in self._writes:
+            write.cancel()                  # only after the timeout: their connections are closed
         if self._listener is not None:
             await self._listener.wait_closed()
         self._executor.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
+
+
+class _WholeBatches:
+    """An engine with process_batch only (the tests' doubles): it writes as it executes."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def execute_batch(self, batch: list) -> list:
+        return self.engine.process_batch(batch)
+
+    @staticmethod
+    def write_batch(outcomes: list) -> list:
+        return outcomes
+
+    @staticmethod
+    def recover() -> None:
+        """process_batch recovers by itself."""
 
 
 def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:

@@ -52,6 +52,7 @@ import os
 import pathlib
 import struct
 import zlib
+from typing import NamedTuple
 
 import lmdb
 import msgpack
@@ -418,6 +419,14 @@ def backup(data_dir: str | os.PathLike, target_dir: str | os.PathLike) -> None:
         env.close()
 
 
+class PreparedCommit(NamedTuple):
+    """A batch's journal record and its checkpoints, ready for Storage.write."""
+    sequence: int
+    value: bytes
+    checkpoints: list
+    checkpoint_due: bool
+
+
 class Storage:
     """The LMDB environment of one data directory and the components journaled into it."""
 
@@ -439,6 +448,9 @@ class Storage:
         self.sequence = 0                       # the last committed batch
         self.snapshot_sequence = 0              # the batch the newest snapshot reflects (0: none)
         self.checkpoint_sequence = 0            # the batch the stored checkpoints reflect
+        # The same two as of the last prepare(): ahead of them while prepared records wait to be written.
+        self.prepared_sequence = 0
+        self.prepared_checkpoint_sequence = 0
 
     @classmethod
     def open(cls, path: str | os.PathLike, components: list, durability: str = "fsync", *,
@@ -510,6 +522,7 @@ class Storage:
         stored = [read_checkpoint(self.env, component.name) for component in self.components
                   if hasattr(component, "checkpoint")]
         self.checkpoint_sequence = min((found[0] if found else 0) for found in stored) if stored else self.sequence
+        self.prepared_sequence, self.prepared_checkpoint_sequence = self.sequence, self.checkpoint_sequence
 
     def _component(self, name: str, where: str):
         """The component a stored section belongs to (a new JournalCarrier when carrying unknown ones)."""
@@ -536,6 +549,8 @@ class Storage:
         older snapshot, and checkpoint -- in ONE write transaction, so a crash at any moment leaves
         either the directory as it was or the compacted one.  The snapshot's sequence, or None when
         there is nothing to compact (no batch since the last snapshot)."""
+        if self.prepared_sequence != self.sequence:
+            raise StorageError("compaction with a prepared batch not yet written")
         if self.sequence == self.snapshot_sequence:
             return None
         sequence = self.sequence
@@ -551,7 +566,7 @@ class Storage:
                 txn.put(name, encode_sequence(sequence) + blob, db=self._checkpoints)
 
         self._transaction(f"compaction at batch {sequence}", write)
-        self.snapshot_sequence = self.checkpoint_sequence = sequence
+        self.snapshot_sequence = self.checkpoint_sequence = self.prepared_checkpoint_sequence = sequence
         return sequence
 
     def commit(self) -> int | None:
@@ -560,6 +575,13 @@ class Storage:
         Returns the batch's sequence, or None when no component changed.  Raises
         StorageError when the write failed: the LMDB is unchanged, and the
         components are ahead of it until the caller calls reload()."""
+        return self.write(self.prepare())
+
+    def prepare(self) -> PreparedCommit | None:
+        """commit()'s first half, in memory only: the journal record of the batch just processed
+        (and the checkpoints due with it), taken from the components; None when nothing changed.
+        Records are written in the order they were prepared, so the next batch may run (and
+        prepare) while this one is written; a write that fails leaves reload() to the caller."""
         sections = []
         for component in self.components:
             blob = component.take_journal()
@@ -570,17 +592,27 @@ class Storage:
         payload = msgpack.packb(sections, use_bin_type=True)
         if len(payload) > limits.JOURNAL_RECORD_BYTES_MAX:
             raise StorageError(f"batch journal of {len(payload)} bytes is past journal_record_bytes_max")
-        sequence = self.sequence + 1
+        sequence = self.prepared_sequence + 1
         value = encode_record(sequence, payload)
         # The first batch is checkpointed too, so `ledger check` has balances to compare from the start.
-        checkpoint_due = (self.checkpoint_sequence == 0
-                          or sequence - self.checkpoint_sequence >= self.checkpoint_interval_batches)
+        checkpoint_due = (self.prepared_checkpoint_sequence == 0
+                          or sequence - self.prepared_checkpoint_sequence >= self.checkpoint_interval_batches)
         checkpoints = self._checkpoints_now() if checkpoint_due else []
-        self._write(sequence, value, checkpoints)
-        self.sequence = sequence
+        self.prepared_sequence = sequence
         if checkpoint_due:
-            self.checkpoint_sequence = sequence
-        return sequence
+            self.prepared_checkpoint_sequence = sequence
+        return PreparedCommit(sequence, value, checkpoints, checkpoint_due)
+
+    def write(self, prepared: PreparedCommit | None) -> int | None:
+        """commit()'s second half: one write transaction (no component is touched, so it may run
+        in another thread than the one processing the next batch).  Returns the sequence or None."""
+        if prepared is None:
+            return None
+        self._write(prepared.sequence, prepared.value, prepared.checkpoints)
+        self.sequence = prepared.sequence
+        if prepared.checkpoint_due:
+            self.checkpoint_sequence = prepared.sequence
+        return prepared.sequence
 
     def _checkpoints_now(self) -> list[tuple[bytes, bytes]]:
         return [(component.name.encode(), component.checkpoint())
@@ -625,7 +657,7 @@ class Storage:
         checkpoints = self._checkpoints_now()
         if checkpoints and self.sequence:
             self._write(self.sequence, None, checkpoints)
-        self.checkpoint_sequence = self.sequence
+        self.checkpoint_sequence = self.prepared_checkpoint_sequence = self.sequence
 
     def backup(self, target_dir: str | os.PathLike) -> None:
         backup(self.path, target_dir)

@@ -29,7 +29,12 @@ class JournalStorage:
         self.commits = 0
 
     def commit(self) -> None:
-        blob = self.ledger.take_journal()
+        self.write(self.prepare())
+
+    def prepare(self) -> bytes | None:
+        return self.ledger.take_journal()
+
+    def write(self, blob: bytes | None) -> None:
         if self.fail_next:
             self.fail_next = False
             raise OSError("disk full (injected)")
@@ -181,6 +186,29 @@ class TestFailures:
         assert engine.ledger.lookup_transfers([1]) == [None]
         # The same ids succeed once the disk is back.
         assert run(engine, WALLET_ID, "transfers", [transfer(1, 1001, 2001, 500)]) == (Code.OK, [Code.OK])
+
+    def test_a_failed_write_also_fails_the_batch_executed_on_top_of_it(self, engine):
+        wallet = participant(engine, WALLET_ID)
+        first = engine.execute_batch([(wallet, Request(1, "transfers", [transfer(1, 1001, 2001, 500)], None, 1))])
+        second = engine.execute_batch([(wallet, Request(2, "transfers", [transfer(2, 1001, 2001, 700)], None, 1))])
+        assert balance(engine, 1001) == 10_000 - 1_200          # both ran in memory, neither is written
+        engine.storage.fail_next = True
+        assert engine.write_batch(first) is None
+        engine.recover()
+        assert engine.write_batch(second) == [(Code.STORAGE_FAILED, None)]
+        assert balance(engine, 1001) == 10_000 and engine.ledger.lookup_transfers([1, 2]) == [None, None]
+        assert len(engine.storage.blobs) == 2                     # the bootstrap's two commits only
+        assert run(engine, WALLET_ID, "transfers", [transfer(2, 1001, 2001, 700)]) == (Code.OK, [Code.OK])
+
+    def test_batches_are_written_in_the_order_they_executed(self, engine):
+        wallet = participant(engine, WALLET_ID)
+        executed = [engine.execute_batch([(wallet, Request(n, "transfers", [transfer(n, 1001, 2001, n)], None, 1))])
+                    for n in (1, 2)]
+        assert [engine.write_batch(batch) for batch in executed] == [[(Code.OK, [Code.OK])]] * 2
+        replayed = JournalStorage(engine.ledger)
+        replayed.blobs = list(engine.storage.blobs)
+        replayed.reload()
+        assert balance(engine, 1001) == 10_000 - 3
 
     def test_a_bug_in_one_batch_answers_internal_error_and_keeps_serving(self, engine, monkeypatch):
         def broken(*args):

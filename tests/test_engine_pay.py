@@ -23,7 +23,13 @@ class Storage:
         self.records: list[list] = []
 
     def commit(self) -> None:
-        self.records.append([(c, c.take_journal()) for c in self.components])
+        self.write(self.prepare())
+
+    def prepare(self) -> list:
+        return [(c, c.take_journal()) for c in self.components]
+
+    def write(self, record: list) -> None:
+        self.records.append(record)
 
     def reload(self) -> None:
         for component in self.components:

@@ -56,3 +56,23 @@ def test_a_switch_funded_at_the_largest_scale_starts_and_posts_payments(tmp_path
     report = json.loads(out.read_text())
     assert report["workload"]["funding_scale"] == scale_max
     assert report["by_code"].get("OK", 0) > 0
+
+
+def test_an_open_loop_fsync_run_reports_the_bare_fsync_of_its_data_disk(tmp_path):
+    # The compiled sender against the real switch, and the probes before and after the load.
+    settings = RunSettings(mode="open", rate_per_s=400, connections=2, warmup_s=0.2, duration_s=0.8)
+    report = e2e.run_e2e(tmp_path, TINY, settings, durability="fsync", stream_items=None,
+                         fsync_probe_bytes=8_192, fsync_probe_samples=5)
+    assert report["durability"] == "fsync" and report["settings"]["sender"] == "c"
+    assert report["count"] == pytest.approx(320, abs=4) and report["errors"] == []
+    bare = report["bare_fsync_us"]
+    assert bare["bytes"] == 8_192 and bare["samples"] == 10
+    assert 0 <= bare["p50"] <= bare["p99"]
+    assert bare["switch_p99_minus_bare_p99_us"] == report["latency_us"]["p99"] - bare["p99"]
+    assert bare["commit_bytes"] is None or bare["commit_bytes"] > 0
+
+
+def test_an_os_run_has_no_bare_fsync_probe(tmp_path):
+    settings = RunSettings(mode="open", rate_per_s=200, connections=2, warmup_s=0.1, duration_s=0.4)
+    report = e2e.run_e2e(tmp_path, TINY, settings, durability="os", stream_items=None)
+    assert "bare_fsync_us" not in report and report["count"] == pytest.approx(80, abs=4)

@@ -36,7 +36,7 @@ SLOW_READER_REQUESTS = 1000
 SLOW_READER_ANSWER_BYTES = 16 << 10
 # Peak resident memory may grow this much during the run (the whole test process: server and clients).
 # Measured: ~11 MiB for the overload alone; the slow reader adds the answers the server already
-# executed for it and holds until it is cut (at most in_flight_requests_max of them: here ~16 MiB).
+# executed for it and holds until it is cut (at most write_buffer_bytes_max, 4 MiB, plus one batch's).
 RSS_GROWTH_BYTES_MAX = 64 << 20
 
 
@@ -180,17 +180,25 @@ def make_server(**limit_overrides) -> Server:
 
 def test_queue_wait_bound_at_the_limit_and_one_past():
     server = make_server(batch_events_max=10, queue_events_max=10**6, queue_wait_ms_max=100)
-    server.commit_events_per_second = 1_000                # 100 ms of work = 100 events
-    assert not server._over_queue_bounds(100)
-    assert server._over_queue_bounds(101)
+    server.commit_events_per_second = 2_000                # 100 ms of work at half that rate = 100 events
+    server._queued_events = 50
+    assert not server._over_queue_bounds(50)
+    assert server._over_queue_bounds(51)
+    server._running_events = 20                            # the batch committing now is work ahead too
+    assert not server._over_queue_bounds(30)
+    assert server._over_queue_bounds(31)
 
 
-def test_one_batch_of_work_is_never_shed_for_time_and_more_is_before_the_rate_is_known():
+def test_an_empty_queue_takes_a_request_and_before_the_rate_is_known_one_batch_may_wait():
     server = make_server(batch_events_max=10, queue_events_max=10**6, queue_wait_ms_max=1)
     assert server.commit_events_per_second == 0            # nothing committed yet
     assert not server._over_queue_bounds(10)
-    assert server._over_queue_bounds(11)
-    server.commit_events_per_second = 1                    # absurdly slow: still one batch may wait
+    server._queued_events = 4
+    assert not server._over_queue_bounds(6)
+    assert server._over_queue_bounds(7)
+    server.commit_events_per_second = 1                    # absurdly slow: only an empty queue takes work
+    assert server._over_queue_bounds(1)
+    server._queued_events = 0
     assert not server._over_queue_bounds(10)
 
 
@@ -209,5 +217,7 @@ def test_the_commit_rate_comes_from_full_batches_once_one_is_seen():
     assert server.commit_events_per_second == 5_000
     server._note_commit_rate(10, 1_000_000_000)            # small ones no longer count
     assert server.commit_events_per_second == 5_000
-    server._note_commit_rate(100, 10_000_000)              # recent full batches weigh a quarter
+    server._note_commit_rate(100, 10_000_000)              # a faster full batch weighs a quarter
     assert server.commit_events_per_second == (5_000 * 3 + 10_000) // 4
+    server._note_commit_rate(100, 50_000_000)              # a slower one is believed at once
+    assert server.commit_events_per_second == 2_000

@@ -43,7 +43,13 @@ class MemoryStorage:
         self.records: list[dict] = []
 
     def commit(self) -> None:
-        self.records.append({c.name: c.take_journal() for c in self.components})
+        self.write(self.prepare())
+
+    def prepare(self) -> dict:
+        return {c.name: c.take_journal() for c in self.components}
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
 
     def reload(self) -> None:
         for component in self.components:

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The switch's end-to-end load runs, one command: the generator's own ceiling against the echo
 # peer, then closed loop (16 connections, single `pay` frames and `pay_batch` frames) and open
-# loop (10,000/s) against a fresh `switch serve` under each durability. Reports (JSON + PNG)
-# go to OUT. See bench/load/README.md.
+# loop (10,000/s, the compiled sender; fsync runs also probe the bare fsync of the data disk)
+# against a fresh `switch serve` under each durability, and the two open-loop senders side by
+# side against the echo peer. Reports (JSON + PNG) go to OUT. See bench/load/README.md.
 #
 #   bench/load/run_all.sh [OUT] [PAYERS] [MERCHANTS]
 #
 # Environment: DURATION (s, default 10), WARMUP (s, default 2), PYTHON (default .venv/bin/python),
+# SENDER_ROUNDS (C/Python sender rounds against the echo peer, default 2),
 # RULES (a rule set for the switch, e.g. switch/demo/rules.toml; default none), FUNDING_SCALE
 # (the normally funded payers' opening balances times this, default 1000: at the model's own
 # balances a closed loop drains them within seconds and then mostly measures refusals).
@@ -54,6 +56,8 @@ bench run --workload "$FIXTURE/workload.json" --port "$port" --cpus 0 --target e
 bench run --workload "$FIXTURE/workload.json" --port "$port" --cpus 0 --target echo --durability none "${common[@]}" \
     --depth 4 --batch 256 --json "$OUT/ceiling-batch.json"
 kill "$echo_pid"; trap - EXIT
+# The open loop's own precision: the compiled sender and the asyncio one, alternated (echo peer on CPU 1).
+"$PYTHON" bench/load/compare_senders.py "$OUT" --rounds "${SENDER_ROUNDS:-2}" --duration "$DURATION" --warmup "$WARMUP"
 
 # 2. The switch: a fresh `switch serve` per run, pinned to the other CPU.
 for durability in fsync os; do
@@ -63,10 +67,11 @@ for durability in fsync os; do
         "${rules[@]}" "${common[@]}" --depth 4 --batch 256 --json "$OUT/switch-$durability-batch.json" \
         --plot "$OUT/switch-$durability-batch.png"
     bench e2e --dir "$FIXTURE" --durability "$durability" "${fixture_options[@]}" \
-        "${rules[@]}" "${common[@]}" --mode open --rate 10000 --json "$OUT/switch-$durability-open10k.json" \
+        "${rules[@]}" "${common[@]}" --mode open --rate 10000 --sender c --json "$OUT/switch-$durability-open10k.json" \
         --plot "$OUT/switch-$durability-open10k.png"
 done
 
 # 3. Side by side: how far each run is from the generator's own ceiling.
 bench compare "$OUT/ceiling-single.json" "$OUT/switch-fsync-single.json"
 bench compare "$OUT/ceiling-batch.json" "$OUT/switch-fsync-batch.json"
+bench compare "$OUT/switch-os-open10k.json" "$OUT/switch-fsync-open10k.json"   # with the bare fsync rows

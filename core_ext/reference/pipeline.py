@@ -149,6 +149,43 @@ class Pipeline:
         self._stage_ns["respond"] += time.monotonic_ns() - encode_ns
         return frame
 
+    @staticmethod
+    def cut(data: Any, start: int, end: int, frames_max: int, body_bytes_budget: int, events_max: int,
+            frame_bytes_max: int) -> tuple[int, int, int, int]:
+        """The run of complete frames at data[start:end] (4-byte length prefix + body each) that
+        `run_frames` takes as one unit: (frames, end offset, ledger events, body bytes).  It stops
+        before a frame `peek` does not take, an incomplete one, one whose length is refused (0 or
+        past frame_bytes_max: the caller's own cutting answers those), and once frames_max frames
+        or body_bytes_budget bytes are taken or events_max would be passed (one frame at least)."""
+        if end > len(data) or start < 0:
+            raise ValueError("cut: start/end outside the buffer")
+        frames = events = body_bytes = 0
+        while frames < frames_max and body_bytes < body_bytes_budget and end - start >= 4:
+            length = int.from_bytes(data[start:start + 4], "big")
+            if length == 0 or length > frame_bytes_max or end - start - 4 < length:
+                break
+            taken, _ = Pipeline.peek(bytes(data[start + 4:start + 4 + length]))
+            if taken < 0 or (frames and events + taken > events_max):
+                break
+            frames, events, body_bytes, start = frames + 1, events + taken, body_bytes + length, start + 4 + length
+        return (frames, start, events, body_bytes)
+
+    def run_frames(self, participant_id: int, frames: bytes, now_ns: int) -> tuple[bytes, dict[int, int]]:
+        """Every frame of `frames` (length-prefixed bodies back to back, as `cut` took them) run in
+        order, as `run` would one by one: (their response frames back to back, {request-level code:
+        frames})."""
+        answers = []
+        codes: dict[int, int] = {}
+        position = 0
+        while position < len(frames):
+            length = int.from_bytes(frames[position:position + 4], "big")
+            if position + 4 + length > len(frames) or position + 4 > len(frames):
+                raise ValueError("run_frames: a frame runs past the end")
+            answers.append(self.run(participant_id, frames[position + 4:position + 4 + length], now_ns))
+            codes[self.last_code] = codes.get(self.last_code, 0) + 1
+            position += 4 + length
+        return b"".join(answers), codes
+
     # ---- payments ----------------------------------------------------------------------
 
     def pay(self, participant_id: int, items: list, now_ns: int) -> list[tuple[int, Any]]:

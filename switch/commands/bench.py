@@ -43,6 +43,13 @@ def _run_options(function):
                           "open: a fixed offered RATE, latency from each frame's intended send time."),
         click.option("--rate", "rate_per_s", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True,
                      help="Open loop: offered payments per second."),
+        click.option("--sender", type=click.Choice(["c", "python"]), default="c", show_default=True,
+                     help="Open loop: the compiled sender (threads without the GIL: on time to microseconds while it has a CPU) "
+                          "or the asyncio one it replaced (late by milliseconds at p99), for comparison."),
+        click.option("--in-flight-max", type=click.IntRange(1, limits.IN_FLIGHT_REQUESTS_MAX),
+                     default=limits.IN_FLIGHT_REQUESTS_MAX, show_default=True,
+                     help="Open loop, C sender: frames in flight per connection; past it that connection's "
+                          "frames wait (and their lateness shows in the latency)."),
         click.option("--connections", type=click.IntRange(1, limits.CONNECTIONS_MAX), default=16, show_default=True),
         click.option("--depth", type=click.IntRange(1, limits.IN_FLIGHT_REQUESTS_MAX), default=64, show_default=True,
                      help="Closed loop: frames in flight per connection (pipelining)."),
@@ -54,8 +61,10 @@ def _run_options(function):
                      help="Measured seconds."),
         click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
                      help="Generator processes; connections are split over them and their histograms merged."),
-        click.option("--stream-items", type=click.IntRange(1, 100_000_000), default=400_000, show_default=True,
-                     help="Closed loop: payments pre-encoded before the run; past them the stream wraps (reported)."),
+        click.option("--stream-items", type=click.IntRange(1, 100_000_000), default=None,
+                     help="Payments pre-encoded before the run; past them the stream wraps (reported: ids are made "
+                          "fresh, but dynamic QR codes are then answered QR_REPLAYED).  Default: open loop, what "
+                          "the rate sends in warm-up + duration (up to 4,000,000); closed loop, 400,000."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
                      help="Write the report here."),
         click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
@@ -126,10 +135,15 @@ def run(workload_path, host, port, durability, build_mode, target, cpus, json_pa
 @click.option("--wallets", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--rules", "rules_path", type=click.Path(exists=True, dir_okay=False),
               help="A rule set for the switch to run; default: no rules.")
+@click.option("--fsync-probe-bytes", type=click.IntRange(512, 64 << 20), default=32_768, show_default=True,
+              help="fsync runs: bytes of each bare write+fdatasync probe of the data directory's disk, taken "
+                   "right before and after the load (the report shows what the switch wrote per commit).")
+@click.option("--fsync-probe-samples", type=click.IntRange(0, 100_000), default=200, show_default=True,
+              help="fsync runs: probes before and again after the load (0: no bare-fsync reference).")
 @_FUNDING_SCALE_OPTION
 @_run_options
-def e2e(directory, durability, payers, merchants, seed, wallets, rules_path, funding_scale, json_path, plot_path,
-        quiet, stream_items, **run_settings) -> None:
+def e2e(directory, durability, payers, merchants, seed, wallets, rules_path, fsync_probe_bytes, fsync_probe_samples,
+        funding_scale, json_path, plot_path, quiet, stream_items, **run_settings) -> None:
     """Start a fresh `switch serve` on 127.0.0.1, load it, report, stop it: one command."""
     from switch.loadgen import RunSettings, e2e as e2e_module
 
@@ -137,7 +151,8 @@ def e2e(directory, durability, payers, merchants, seed, wallets, rules_path, fun
                          rules_path=rules_path, funding_scale=funding_scale)
     settings = _settings(RunSettings, **run_settings)
     report = _guarded(lambda: e2e_module.run_e2e(directory, spec, settings, durability, stream_items,
-                                                 progress=_progress(quiet)))
+                                                 progress=_progress(quiet), fsync_probe_bytes=fsync_probe_bytes,
+                                                 fsync_probe_samples=fsync_probe_samples))
     _finish(report, json_path, plot_path)
 
 

@@ -7,6 +7,8 @@
     frames.py     frames pre-encoded per connection; sending is slicing
     connection.py one connection: handshake, sends, answers read by a streaming Unpacker
     runner.py     connections over processes; closed and open loop; warm-up, measure, drain
+    compiled_open_loop.py  the open loop on the compiled sender (core_ext/_loadsend.pyx), the default
+    bare_fsync.py the disk's own write+fdatasync time beside an fsync run (e2e)
     recorder.py   HDR histograms per interval, codes; merged across processes
     report.py     the JSON report, the summary, compare
     plot.py       latency over time and the percentile curve (matplotlib)
@@ -24,16 +26,14 @@ from switch.loadgen import recorder, report, runner, switch_stats
 from switch.loadgen.runner import RunSettings
 from switch.loadgen.stream import build_items
 
-STREAM_ITEMS_DEFAULT = 400_000
-
-__all__ = ["RunSettings", "run_load", "STREAM_ITEMS_DEFAULT"]
+__all__ = ["RunSettings", "run_load"]
 
 
-def run_load(workload: dict, settings: RunSettings, *, stream_items: int = STREAM_ITEMS_DEFAULT,
+def run_load(workload: dict, settings: RunSettings, *, stream_items: int | None = None,
              target: str = "switch", durability: str = "unknown", build_mode: str = "unknown",
              progress: Callable[[float, str, int], None] | None = None, cache_dir: str | None = None) -> dict:
     """Build the stream (or read it from `cache_dir`), run it against settings.host:port, and
-    return the report (a dict)."""
+    return the report (a dict).  `stream_items` None: sized to the run (runner.items_needed)."""
     settings.check()
     runner.check_connections(workload, settings.connections)
     items = build_items(workload, runner.items_needed(settings, stream_items), cache_dir)

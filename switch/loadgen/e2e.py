@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Iterator
 
-from switch.loadgen import fixture, run_load
+from switch.loadgen import bare_fsync, fixture, run_load
 from switch.loadgen.runner import RunSettings
 
 # Reading a large generated config and funding every wallet takes a while at start-up.
@@ -44,8 +44,8 @@ def cpu_split() -> tuple[tuple[int, ...], int | None]:
 
 @contextlib.contextmanager
 def serving(config_path: pathlib.Path, durability: str, port: int, cpu: int | None, log_path: pathlib.Path,
-            host: str = "127.0.0.1") -> Iterator[subprocess.Popen]:
-    """`switch serve` in a subprocess with a fresh data dir, until the block ends."""
+            host: str = "127.0.0.1") -> Iterator[tuple[subprocess.Popen, pathlib.Path]]:
+    """`switch serve` in a subprocess with a fresh data dir, until the block ends: (process, data dir)."""
     data_dir = pathlib.Path(tempfile.mkdtemp(prefix="switch-bench-data-"))
     command = [sys.executable, "-m", "switch", "serve", "--config", str(config_path), "--data", str(data_dir),
                "--host", host, "--port", str(port), "--durability", durability]
@@ -56,7 +56,7 @@ def serving(config_path: pathlib.Path, durability: str, port: int, cpu: int | No
     previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         _wait_listening(process, host, port, log_path)
-        yield process
+        yield process, data_dir
     finally:
         _stop(process)
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -97,8 +97,11 @@ def build_mode() -> str:
 
 
 def run_e2e(directory: str | pathlib.Path, spec: fixture.FixtureSpec, settings: RunSettings, durability: str,
-            stream_items: int, progress=None) -> dict:
-    """Generate (or reuse) the fixture in `directory`, serve it, load it; returns the report."""
+            stream_items: int | None, progress=None, fsync_probe_bytes: int = bare_fsync.PROBE_BYTES_DEFAULT,
+            fsync_probe_samples: int = bare_fsync.SAMPLES_DEFAULT) -> dict:
+    """Generate (or reuse) the fixture in `directory`, serve it, load it; returns the report.
+    With durability fsync, the data directory's bare fsync is probed right before and right
+    after the load (bare_fsync.py)."""
     directory = pathlib.Path(directory)
     config_path, workload_path = directory / "switch.toml", directory / "workload.json"
     if not _fixture_matches(workload_path, spec):
@@ -107,9 +110,27 @@ def run_e2e(directory: str | pathlib.Path, spec: fixture.FixtureSpec, settings: 
     generator_cpus, server_cpu = cpu_split()
     port = free_port(settings.host)
     settings = RunSettings(**{**settings.__dict__, "port": port, "cpus": settings.cpus or generator_cpus})
-    with serving(config_path, durability, port, server_cpu, directory / "serve.log", settings.host):
-        return run_load(workload, settings, stream_items=stream_items, target="switch", durability=durability,
-                        build_mode=build_mode(), progress=progress, cache_dir=str(directory))
+    with serving(config_path, durability, port, server_cpu, directory / "serve.log", settings.host) as (process,
+                                                                                                        data_dir):
+        probing = durability == "fsync" and fsync_probe_samples > 0
+        before_us = bare_fsync.probe(data_dir, fsync_probe_bytes, fsync_probe_samples) if probing else []
+        written_before = bare_fsync.written_bytes(process.pid)
+        report = run_load(workload, settings, stream_items=stream_items, target="switch", durability=durability,
+                          build_mode=build_mode(), progress=progress, cache_dir=str(directory))
+        written_after = bare_fsync.written_bytes(process.pid)
+        if probing:
+            after_us = bare_fsync.probe(data_dir, fsync_probe_bytes, fsync_probe_samples)
+            report["bare_fsync_us"] = bare_fsync.summary(
+                before_us, after_us, fsync_probe_bytes, report["latency_us"]["p99"],
+                _commit_bytes(written_before, written_after, report.get("switch")))
+        return report
+
+
+def _commit_bytes(written_before: int | None, written_after: int | None, switch: dict | None) -> int | None:
+    """What the switch wrote to storage per batch over the run (warm-up and drain included)."""
+    if written_before is None or written_after is None or not switch or not switch.get("batches"):
+        return None
+    return (written_after - written_before) // switch["batches"]
 
 
 def _fixture_matches(workload_path: pathlib.Path, spec: fixture.FixtureSpec) -> bool:

@@ -46,6 +46,10 @@ class Recorder:
         self.wraps = 0
         self.cpu_s = 0.0              # CPU time of this process in the measured window
         self.unanswered_frames = 0    # still in flight when the drain gave up
+        # The whole window, when recorded apart from the intervals (the compiled sender keeps it
+        # at finer resolution than its per-interval histograms); None: the intervals merged.
+        self.total: HdrHistogram | None = None
+        self.payments_written = None  # open loop, C sender: payments written in the window (None: not counted)
 
     def measured(self, sent_ns: int) -> bool:
         return self.measure_start_ns <= sent_ns < self.measure_end_ns
@@ -61,12 +65,27 @@ class Recorder:
     def record_send_lag(self, lag_ns: int, frame_count: int) -> None:
         self.send_lag.record_value(max(LATENCY_US_MIN, min(lag_ns // 1000, LATENCY_US_MAX)), frame_count)
 
+    def add_values_us(self, index: int | None, pairs: list[tuple[int, int]]) -> None:
+        """(latency_us, payments) pairs recorded elsewhere, into interval `index` (None: the total)."""
+        if index is None:
+            if self.total is None:
+                self.total = new_histogram()
+            histogram = self.total
+        else:
+            if index not in self.intervals:
+                self.intervals[index] = new_histogram()
+            histogram = self.intervals[index]
+        for value_us, count in pairs:
+            histogram.record_value(max(LATENCY_US_MIN, min(value_us, LATENCY_US_MAX)), count)
+
     def export(self) -> dict:
         return {
             "intervals": {index: histogram.encode() for index, histogram in self.intervals.items()},
             "send_lag": self.send_lag.encode(),
+            "total": self.total.encode() if self.total is not None else None,
             "by_code": dict(self.by_code), "errors": list(self.errors), "wraps": self.wraps,
             "cpu_s": self.cpu_s, "unanswered_frames": self.unanswered_frames,
+            "payments_written": self.payments_written,
         }
 
 
@@ -81,25 +100,31 @@ class Merged:
     wraps: int
     cpu_s: float                      # generator CPU seconds in the measured window, all processes
     unanswered_frames: int
+    payments_written: int | None      # open loop, C sender: payments written in the window, all processes
 
 
 def merge(exports: list[dict]) -> Merged:
     intervals: dict[int, HdrHistogram] = {}
     total, send_lag = new_histogram(), new_histogram()
     by_code: collections.Counter = collections.Counter()
-    errors, wraps, cpu_s, unanswered_frames = [], 0, 0.0, 0
+    errors, wraps, cpu_s, unanswered_frames, payments_written = [], 0, 0.0, 0, None
     for export in exports:
         for index, encoded in export["intervals"].items():
             histogram = HdrHistogram.decode(encoded)
             intervals.setdefault(int(index), new_histogram()).add(histogram)
-            total.add(histogram)
+            if export.get("total") is None:
+                total.add(histogram)
+        if export.get("total") is not None:
+            total.add(HdrHistogram.decode(export["total"]))
         send_lag.add(HdrHistogram.decode(export["send_lag"]))
         by_code.update({int(code): count for code, count in export["by_code"].items()})
         errors += export["errors"]
         wraps += export["wraps"]
         cpu_s += export["cpu_s"]
         unanswered_frames += export["unanswered_frames"]
-    return Merged(intervals, total, send_lag, by_code, errors, wraps, cpu_s, unanswered_frames)
+        if export.get("payments_written") is not None:
+            payments_written = (payments_written or 0) + export["payments_written"]
+    return Merged(intervals, total, send_lag, by_code, errors, wraps, cpu_s, unanswered_frames, payments_written)
 
 
 def latency_summary_us(histogram: HdrHistogram) -> dict[str, int]:

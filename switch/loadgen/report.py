@@ -3,7 +3,8 @@
 JSON keys shared with bench/baselines (so `switch bench compare` reads both): target,
 durability, throughput_per_s, count, by_code (code names), latency_us {p50, p90, p99, p999, max},
 duration_s, connections, workload, machine.  The generator adds: build_mode, mode, settings,
-switch (the switch's own `stats` over the run), send_lag_us (open loop: how late the generator sent, already inside the latencies), timeline
+switch (the switch's own `stats` over the run), send_lag_us (open loop: how late the generator sent, already
+inside the latencies), offered_achieved_per_s, bare_fsync_us (e2e fsync runs: bare_fsync.py), timeline
 (per interval: payments and latency by send time), histogram (HDR, base64: the plot's
 percentile curve), errors and stream_wraps.
 """
@@ -16,6 +17,7 @@ import platform
 from typing import Any
 
 from core_ext.codes import name_of
+from switch.loadgen import switch_stats
 from switch.loadgen.recorder import Merged, latency_summary_us
 from switch.loadgen.runner import RunSettings
 
@@ -44,6 +46,11 @@ def build(merged: Merged, settings: RunSettings, workload: dict, target: str, du
         "connections": settings.connections,
         "settings": dataclasses.asdict(settings),
         "offered_rate_per_s": settings.rate_per_s if settings.mode == "open" else None,
+        # Open loop: payments really written in the window, per second -- below the offered rate when
+        # sockets blocked or the in-flight limit held sends back.  (The Python sender does not count
+        # writes: there, the payments due in the window that it sent at all.)
+        "offered_achieved_per_s": round(_payments_written(merged, settings) / settings.duration_s, 1)
+                                  if settings.mode == "open" else None,
         "send_lag_us": latency_summary_us(merged.send_lag) if merged.send_lag.get_total_count() else None,
         "workload": {key: workload[key] for key in ("seed", "payers", "merchants", "funding_scale", "mix_per_mille",
                                                     "fee_bps", "rules_sha256")}
@@ -61,6 +68,12 @@ def build(merged: Merged, settings: RunSettings, workload: dict, target: str, du
     }
 
 
+def _payments_written(merged: Merged, settings: RunSettings) -> int:
+    if merged.payments_written is not None:
+        return merged.payments_written
+    return merged.send_lag.get_total_count() * settings.batch_items
+
+
 def summary_text(report: dict) -> str:
     latency = report["latency_us"]
     lines = [
@@ -75,9 +88,23 @@ def summary_text(report: dict) -> str:
         lines.append(f"switch says  {switch['batches']:,d} batches, {switch['payments_answered']:,d} payments "
                      f"(warm-up and drain included), mean batch {batch_us['sum'] // batch_us['count']:,d} us, "
                      f"mean commit {commit_us['sum'] // max(commit_us['count'], 1):,d} us")
+        wait = [switch_stats.bucket_percentile(switch.get("wait_us"), fraction) for fraction in (0.5, 0.99)]
+        if wait[0] is not None:
+            # The switch's own wait per batch, arrival of its oldest request to its answers written:
+            # beside the client's latency, it says whether the time went inside the switch or not.
+            lines.append("switch wait per batch us (bucket upper bounds)  "
+                         f"p50 <= {wait[0]:,d}  p99 <= {'?' if wait[1] is None else format(wait[1], ',d')}")
     if report.get("send_lag_us"):
         lag = report["send_lag_us"]
-        lines.append(f"send lag us (inside the latency)  p50 {lag['p50']:,d}  p99 {lag['p99']:,d}  max {lag['max']:,d}")
+        lines.append(f"send lag us (inside the latency)  p50 {lag['p50']:,d}  p99 {lag['p99']:,d}  max {lag['max']:,d}"
+                     f"  (sender {report.get('settings', {}).get('sender', '?')})")
+    if report.get("offered_achieved_per_s") is not None:
+        lines.append(f"offered {report['offered_rate_per_s']:,d}/s, sent {report['offered_achieved_per_s']:,.0f}/s")
+    bare = report.get("bare_fsync_us")
+    if bare:
+        commit = f", the switch wrote {bare['commit_bytes']:,d} bytes per batch" if bare.get("commit_bytes") else ""
+        lines.append(f"bare fsync us ({bare['bytes']:,d} bytes{commit})  p50 {bare['p50']:,d}  p99 {bare['p99']:,d}  "
+                     f"switch p99 - bare p99 {bare['switch_p99_minus_bare_p99_us']:,d}")
     lines.append("by code     " + "  ".join(f"{name} {count:,d}" for name, count in report["by_code"].items()))
     if report.get("generator_cpu_us_per_payment") and report.get("mode") == "open":
         # The open loop polls between sends to be on time: its CPU is not a per-payment cost.
@@ -123,6 +150,11 @@ def compare_text(first: dict, second: dict, first_name: str = "A", second_name: 
     for name in COMPARED_LATENCIES:
         a, b = first["latency_us"].get(name, 0), second["latency_us"].get(name, 0)
         rows.append((f"latency {name} us", f"{a:,d}", f"{b:,d}", ratio(b, a)))
+    for name, key in (("bare fsync p99 us", "p99"), ("p99 - bare p99 us", "switch_p99_minus_bare_p99_us")):
+        a, b = (first.get("bare_fsync_us") or {}).get(key), (second.get("bare_fsync_us") or {}).get(key)
+        if a is not None or b is not None:
+            rows.append((name, "-" if a is None else f"{a:,d}", "-" if b is None else f"{b:,d}",
+                         ratio(b, a) if a and b is not None else ""))
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     return "\n".join("  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
                                for column, (cell, width) in enumerate(zip(row, widths))) for row in rows)

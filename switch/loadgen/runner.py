@@ -26,12 +26,15 @@ import time
 import traceback
 from typing import Callable
 
+from core_ext import limits
+from switch.loadgen import compiled_open_loop
 from switch.loadgen.connection import LoadConnection
 from switch.loadgen.frames import FrameRing
 from switch.loadgen.recorder import Recorder, interval_for
 from switch.loadgen.stream import Item
 
 MODES = ("closed", "open")
+SENDERS = ("c", "python")            # open loop: the compiled sender (compiled_open_loop.py) or asyncio
 START_DELAY_NS = 50_000_000          # between the barrier and the common start: every worker sees it
 BARRIER_TIMEOUT_S = 120.0            # frame encoding and connecting, per worker
 PROGRESS_PERIOD_S = 0.1
@@ -52,10 +55,16 @@ class RunSettings:
     processes: int = 1
     drain_timeout_s: float = 10.0
     cpus: tuple[int, ...] = ()        # pin the workers to these CPUs (round robin)
+    sender: str = "c"                 # open loop: which sender (SENDERS)
+    in_flight_max: int = limits.IN_FLIGHT_REQUESTS_MAX   # open loop, C sender: frames in flight per connection
 
     def check(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
+        if self.sender not in SENDERS:
+            raise ValueError(f"sender must be one of {SENDERS}")
+        if not 1 <= self.in_flight_max <= limits.IN_FLIGHT_REQUESTS_MAX:
+            raise ValueError(f"in_flight_max must be 1..{limits.IN_FLIGHT_REQUESTS_MAX}")
         if self.connections < 1 or not 1 <= self.processes <= self.connections:
             raise ValueError("need at least one connection, and 1..connections processes")
         if self.depth < 1 or self.batch_items < 1 or self.rate_per_s < 1:
@@ -72,12 +81,23 @@ class ConnectionPlan:
     items: list[Item]
 
 
-def items_needed(settings: RunSettings, closed_loop_items: int) -> int:
-    """Open loop: exactly what the schedule sends (+ slack); closed loop: the caller's budget."""
-    if settings.mode == "open":
+STREAM_ITEMS_CLOSED_LOOP = 400_000     # closed loop: the rate is not known before the run
+STREAM_ITEMS_SIZED_MAX = 4_000_000     # open loop: past this the stream wraps (building costs ~20 us an item)
+
+
+def items_needed(settings: RunSettings, stream_items: int | None) -> int:
+    """The stream's length: `stream_items` when given; else in open loop what the schedule
+    sends (+ slack) up to STREAM_ITEMS_SIZED_MAX, so no item is sent twice; else (closed loop)
+    STREAM_ITEMS_CLOSED_LOOP.  Never fewer than one frame per connection twice over."""
+    if stream_items is None and settings.mode == "open":
         total_s = settings.warmup_s + settings.duration_s
-        return int(settings.rate_per_s * total_s * 1.02) + settings.connections * settings.batch_items * 2
-    return max(closed_loop_items, settings.connections * settings.batch_items * (settings.depth + 1))
+        stream_items = min(int(settings.rate_per_s * total_s * 1.02), STREAM_ITEMS_SIZED_MAX)
+    elif stream_items is None:
+        stream_items = STREAM_ITEMS_CLOSED_LOOP
+    frames_minimum = settings.connections * settings.batch_items * 2
+    if settings.mode == "closed":
+        frames_minimum = settings.connections * settings.batch_items * (settings.depth + 1)
+    return max(stream_items, frames_minimum)
 
 
 def check_connections(workload: dict, connection_count: int) -> None:
@@ -129,10 +149,21 @@ class Worker:
         measure_start_ns = start_ns + int(settings.warmup_s * 1e9)
         self.end_ns = measure_start_ns + int(settings.duration_s * 1e9)
         self.recorder.measure_start_ns, self.recorder.measure_end_ns = measure_start_ns, self.end_ns
+        if settings.mode == "open" and settings.sender == "c":
+            # Threads without the GIL send and receive; the event loop stays idle meanwhile.
+            compiled_open_loop.run(self.connections, self._open_loop_schedules(start_ns), settings, self.recorder,
+                                   self.end_ns, self.progress_slot)
+        else:
+            await self._asyncio_run(start_ns, measure_start_ns)
+        for connection in self.connections:
+            connection.transport.close()
+        return self.recorder.export()
+
+    async def _asyncio_run(self, start_ns: int, measure_start_ns: int) -> None:
         progress = asyncio.get_running_loop().create_task(self._report_progress())
         cpu = asyncio.get_running_loop().create_task(self._measure_cpu(measure_start_ns))
         await _sleep_until(start_ns)
-        if settings.mode == "closed":
+        if self.settings.mode == "closed":
             await self._closed_loop()
         else:
             await self._open_loop(start_ns)
@@ -140,9 +171,19 @@ class Worker:
         progress.cancel()
         await cpu
         self.progress_slot(self.recorder.completed_total)
-        for connection in self.connections:
-            connection.transport.close()
-        return self.recorder.export()
+
+    def _open_loop_schedules(self, start_ns: int) -> list[tuple[int, int]]:
+        """(first due instant, interval) per connection: each offers its share of this worker's
+        share of the rate, in proportion to its items, staggered so the total is even."""
+        settings = self.settings
+        items_total = sum(len(plan.items) for plan in self.plans) or 1
+        worker_rate = settings.rate_per_s * len(self.plans) / settings.connections
+        schedules = []
+        for plan in self.plans:
+            frames_per_s = worker_rate * len(plan.items) / items_total / settings.batch_items
+            interval_ns = max(1, int(1e9 / frames_per_s))
+            schedules.append((start_ns + plan.index * interval_ns // settings.connections, interval_ns))
+        return schedules
 
     async def _closed_loop(self) -> None:
         depth, end_ns = self.settings.depth, self.end_ns
@@ -160,16 +201,9 @@ class Worker:
         await _sleep_until(end_ns)
 
     async def _open_loop(self, start_ns: int) -> None:
-        settings, connections, recorder = self.settings, self.connections, self.recorder
-        items_total = sum(len(plan.items) for plan in self.plans) or 1
-        # Each connection offers its share of this worker's share of the rate.
-        worker_rate = settings.rate_per_s * len(connections) / settings.connections
-        schedules = []
-        for connection, plan in zip(connections, self.plans):
-            frames_per_s = worker_rate * len(plan.items) / items_total / settings.batch_items
-            interval_ns = max(1, int(1e9 / frames_per_s))
-            offset_ns = plan.index * interval_ns // settings.connections
-            schedules.append((connection, start_ns + offset_ns, interval_ns))
+        recorder = self.recorder
+        schedules = [(connection, first_ns, interval_ns) for connection, (first_ns, interval_ns)
+                     in zip(self.connections, self._open_loop_schedules(start_ns))]
         while (now_ns := time.monotonic_ns()) < self.end_ns:
             next_due_ns = self.end_ns
             for connection, first_ns, interval_ns in schedules:

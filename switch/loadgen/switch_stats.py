@@ -52,7 +52,21 @@ def summarize(before: dict | None, after: dict | None) -> dict[str, Any] | None:
         "payments_answered": payments,
         "batch_us": _histogram_delta(before.get("batch_us"), after.get("batch_us")),
         "commit_us": _histogram_delta(before.get("commit_us"), after.get("commit_us")),
+        "wait_us": _histogram_delta(before.get("wait_us"), after.get("wait_us")),
     }
+
+
+def bucket_percentile(histogram: dict | None, fraction: float) -> int | None:
+    """The upper bound of the bucket holding the `fraction` (0..1) quantile of a `stats`
+    histogram (None past its last bound, or when empty): an upper estimate of that percentile."""
+    if not histogram or not histogram.get("count"):
+        return None
+    wanted, seen = fraction * histogram["count"], 0
+    for bound, count in zip(histogram["bounds"], histogram["counts"]):
+        seen += count
+        if seen >= wanted:
+            return bound
+    return None
 
 
 def _histogram_delta(before: dict | None, after: dict | None) -> dict | None:
