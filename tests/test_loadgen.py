@@ -357,6 +357,24 @@ class TestReports:
         p99_line = next(line for line in result.output.splitlines() if line.startswith("latency p99"))
         assert p99_line.endswith("0.25x")
 
+    def test_throughput_counts_accepted_answers_not_busy(self, small_workload):
+        """A shedding switch answers BUSY fast and a closed loop re-sends at once: those answers
+        are reported (answered_per_s, busy_share, by_code) but are not throughput."""
+        from core_ext.codes import Code
+        from switch.loadgen.recorder import Merged, new_histogram
+        total = new_histogram()
+        for _ in range(1_000):
+            total.record_value(500)
+        merged = Merged(intervals={}, total=total, send_lag=new_histogram(),
+                        by_code=collections.Counter({Code.OK: 600, Code.BUSY: 400}), errors=[], wraps=0,
+                        cpu_s=0.0, unanswered_frames=0, payments_written=None)
+        report = report_module.build(merged, RunSettings(duration_s=2.0), small_workload, "switch", "fsync",
+                                     "release", 0.25)
+        assert report["throughput_per_s"] == 300.0          # 600 accepted in 2 s
+        assert report["answered_per_s"] == 500.0
+        assert report["busy_share"] == 0.4
+        assert "300 payments/s accepted" in report_module.summary_text(report)
+
     def test_compare_refuses_a_file_that_is_not_a_report(self, tmp_path):
         bogus = tmp_path / "bogus.json"
         bogus.write_text("{}")

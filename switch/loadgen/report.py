@@ -2,7 +2,10 @@
 
 JSON keys shared with bench/baselines (so `switch bench compare` reads both): target,
 durability, throughput_per_s, count, by_code (code names), latency_us {p50, p90, p99, p999, max},
-duration_s, connections, workload, machine.  The generator adds: build_mode, mode, settings,
+duration_s, connections, workload, machine.  throughput_per_s is the ACCEPTED rate: answers other
+than BUSY per second (a switch shedding load answers BUSY fast, and a closed loop re-sends at once,
+so counting those would reward shedding); answered_per_s counts every answer and busy_share says
+how many were BUSY.  The latencies are over every answer, BUSY included.  The generator adds: build_mode, mode, settings,
 switch (the switch's own `stats` over the run), send_lag_us (open loop: how late the generator sent, already
 inside the latencies), offered_achieved_per_s, bare_fsync_us (e2e fsync runs: bare_fsync.py), timeline
 (per interval: payments and latency by send time), histogram (HDR, base64: the plot's
@@ -16,7 +19,7 @@ import os
 import platform
 from typing import Any
 
-from core_ext.codes import name_of
+from core_ext.codes import Code, name_of
 from switch.loadgen import switch_stats
 from switch.loadgen.recorder import Merged, latency_summary_us
 from switch.loadgen.runner import RunSettings
@@ -27,6 +30,7 @@ COMPARED_LATENCIES = ("p50", "p90", "p99", "p999", "max")
 def build(merged: Merged, settings: RunSettings, workload: dict, target: str, durability: str,
           build_mode: str, interval_s: float) -> dict[str, Any]:
     count = merged.total.get_total_count()
+    busy = merged.by_code.get(Code.BUSY, 0)
     timeline = []
     for index in sorted(merged.intervals):
         histogram = merged.intervals[index]
@@ -38,7 +42,9 @@ def build(merged: Merged, settings: RunSettings, workload: dict, target: str, du
         "durability": durability,
         "build_mode": build_mode,
         "mode": settings.mode,
-        "throughput_per_s": round(count / settings.duration_s, 1),
+        "throughput_per_s": round((count - busy) / settings.duration_s, 1),
+        "answered_per_s": round(count / settings.duration_s, 1),
+        "busy_share": round(busy / count, 4) if count else 0.0,
         "count": count,
         "by_code": {name_of(code): merged.by_code[code] for code in sorted(merged.by_code)},
         "latency_us": latency_summary_us(merged.total) if count else dict.fromkeys(COMPARED_LATENCIES, 0),
@@ -79,7 +85,8 @@ def summary_text(report: dict) -> str:
     lines = [
         f"target {report['target']}  durability {report['durability']}  build {report.get('build_mode', '?')}  "
         f"mode {report.get('mode', '?')}  connections {report['connections']}",
-        f"throughput {report['throughput_per_s']:,.0f} payments/s  ({report['count']:,d} in {report['duration_s']} s)",
+        f"throughput {report['throughput_per_s']:,.0f} payments/s accepted  ({report['count']:,d} answered in "
+        f"{report['duration_s']} s, {report.get('busy_share', 0):.1%} of them BUSY)",
         "latency us  " + "  ".join(f"{name} {latency[name]:,d}" for name in COMPARED_LATENCIES),
     ]
     switch = report.get("switch")
