@@ -352,6 +352,8 @@ class Server:
         # Runs of pay frames as one request (FrameRun); SWITCH_FRAME_RUNS=0 queues one Request per frame
         # (the path before runs, kept for side-by-side measurements).
         self.cut = getattr(pipeline, "cut", None) if self._peek is not None else None
+        # A shed or failed run's answers: the code under each frame's own id, in one C pass.
+        self._refuse_frames = getattr(pipeline, "refuse_frames", None)
         if os.environ.get("SWITCH_FRAME_RUNS", "1") == "0":
             self.cut = None
         self.limits = server_limits or ServerLimits()
@@ -610,11 +612,8 @@ class Server:
         if kind is Encoded or kind is EncodedRun:
             return outcome.frame                # the pipeline wrote it (raw pay / pay_batch frames)
         if request.op == OP_RAW_RUN:            # shed, or its batch failed: every frame gets the code
-            return protocol.refusal_frames(request.args, outcome[0], self._request_id_of)
+            return self._refuse_frames(request.args, outcome[0])
         return protocol.pack_frame(protocol.response(request.request_id, *outcome))
-
-    def _request_id_of(self, body: bytes) -> int:
-        return self._peek(body)[1]
 
     async def reload_rules_file(self) -> tuple[int, Any]:
         """SIGHUP: re-read the configured rules file in the commit thread, so the swap falls
