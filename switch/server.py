@@ -39,9 +39,10 @@ SWITCH_INTERVAL_SECONDS = 0.0001
 
 HANDSHAKE, OPEN, DRAINING, CLOSED = "handshake", "open", "draining", "closed"
 # Admission predicts the wait of the work ahead as its commits x the fixed cost of one commit (the write:
-# mostly the fsync) plus its ledger events x their execution cost, the latter at twice the learnt cost: a
-# shared machine's CPU drifts 2x within seconds, and measured under a tenfold overload (bench/overload.py,
-# fsync) planning for the plain rate left 3-12% of batches waiting past the budget, for half of it 0.5-2%.
+# mostly the fsync) plus its ledger events x their execution cost, all at twice the learnt costs: a shared
+# machine drifts 2x within seconds, the event loop's own work between batches is in neither cost, and
+# measured under a tenfold overload (bench/overload.py, fsync) planning for the plain costs left 3-12% of
+# batches waiting past the budget, for twice them 0.5-2%.
 COMMIT_RATE_HEADROOM = 2
 # The learnt costs move a quarter of the way to each new batch's, so one slow fsync or one lucky batch
 # moves them little; a slower execution of a batch at least half full is believed at once (safety first).
@@ -471,14 +472,14 @@ class Server:
 
     def predicted_wait_ns(self, queued_events: int) -> int:
         """How long until `queued_events` more are committed: the batches executing or writing and the
-        ones the queue needs, each with the fixed cost of a commit, plus every event ahead at twice its
-        learnt execution cost.  A commit's fixed cost is one, however many events it carries: work that
+        ones the queue needs, each with the fixed cost of a commit, plus every event ahead at its
+        execution cost, all twice as learnt.  A commit's fixed cost is one, however many events it carries: work that
         fits in the next commit costs only its events, which is why a closed loop is not shed."""
         batch_events_max = self.limits.batch_events_max
         commits = -(-queued_events // batch_events_max) + -(-self._running_events // batch_events_max)
         events_ahead = queued_events + self._running_events
-        return (commits * self.commit_fixed_ns
-                + events_ahead * self._executed_ns * COMMIT_RATE_HEADROOM // self._executed_events)
+        return COMMIT_RATE_HEADROOM * (commits * self.commit_fixed_ns
+                                       + events_ahead * self._executed_ns // self._executed_events)
 
     def _note_commit_cost(self, events: int, executed_ns: int, written_ns: int) -> None:
         """Learn a commit's fixed cost from its write and the per-event cost from its execution: a
