@@ -40,9 +40,11 @@ SWITCH_INTERVAL_SECONDS = 0.0001
 HANDSHAKE, OPEN, DRAINING, CLOSED = "handshake", "open", "draining", "closed"
 # Admission predicts the wait of the work ahead as its commits x the fixed cost of one commit (the write:
 # mostly the fsync) plus its ledger events x their execution cost, all at twice the learnt costs: a shared
-# machine drifts 2x within seconds, the event loop's own work between batches is in neither cost, and
-# measured under a tenfold overload (bench/overload.py, fsync) planning for the plain costs left 3-12% of
-# batches waiting past the budget, for twice them 0.5-2%.
+# machine drifts 2x within seconds and the event loop's own work between batches is in neither cost.
+# Measured under a tenfold overload (bench/overload.py, fsync): with the rule before (one rate) planning
+# for the plain rate left 3-12% of batches waiting past the budget, for half of it 0.5-2%; with this one,
+# doubling only the per-event cost left up to 28%, doubling both is as good as the rule before
+# (bench/RESULTS.md section 7).
 COMMIT_RATE_HEADROOM = 2
 # The learnt costs move a quarter of the way to each new batch's, so one slow fsync or one lucky batch
 # moves them little; a slower execution of a batch at least half full is believed at once (safety first).
@@ -51,7 +53,6 @@ COST_SMOOTHING = 4
 # runs 20-30x slower now and then (the engine thread preempted, measured in a closed loop), and believing
 # it shed a closed loop that one commit carries; a lasting slowdown is still learnt within a few batches.
 SMALL_BATCH_COST_RISE_MAX = 2
-NS_PER_SECOND = 1_000_000_000
 
 
 class ServerLimits:
@@ -473,8 +474,8 @@ class Server:
     def predicted_wait_ns(self, queued_events: int) -> int:
         """How long until `queued_events` more are committed: the batches executing or writing and the
         ones the queue needs, each with the fixed cost of a commit, plus every event ahead at its
-        execution cost, all twice as learnt.  A commit's fixed cost is one, however many events it carries: work that
-        fits in the next commit costs only its events, which is why a closed loop is not shed."""
+        execution cost, all twice as learnt.  The fixed cost counts once per commit, however many events
+        it carries (not folded into each event): a closed loop that a commit or two carries is not shed."""
         batch_events_max = self.limits.batch_events_max
         commits = -(-queued_events // batch_events_max) + -(-self._running_events // batch_events_max)
         events_ahead = queued_events + self._running_events
