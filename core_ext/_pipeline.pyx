@@ -993,6 +993,41 @@ cdef class Pipeline:
             start += 4 + length
         return (frames, start, events, body_bytes)
 
+    @staticmethod
+    def refuse_frames(bytes frames, uint32_t code):
+        """The answer [request id, code, nil] to every frame of `frames` (length-prefixed bodies
+        back to back, as `cut` took them), each under its own request id (0 where `peek` reads
+        none), in one pass: what a shed or failed FrameRun is answered.  The same bytes as
+        protocol.refusal_frames with peek's id."""
+        cdef const unsigned char* data = <const unsigned char*>PyBytes_AS_STRING(frames)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(frames), position = 0, length, start, body_bytes
+        cdef uint64_t request_id
+        cdef Out answers
+        answers.data, answers.size, answers.capacity = NULL, 0, 0
+        try:
+            while position < size:
+                length = read_length(data + position, size - position)
+                if length < 0:
+                    raise ValueError("refuse_frames: a frame runs past the end")
+                request_id = 0
+                if peek_body(data + position + 4, length, &request_id) < 0:
+                    request_id = 0
+                # 4 prefix bytes, then fixarray(3), uint id (<= 9 bytes), uint code (<= 5), nil.
+                out_reserve(&answers, 4 + 1 + 9 + 5 + 1)
+                start = answers.size
+                answers.size += 4
+                put_byte(&answers, 0x93)
+                put_uint(&answers, request_id)
+                put_uint(&answers, code)
+                put_byte(&answers, 0xC0)
+                body_bytes = answers.size - start - 4          # at most 16: one length byte
+                answers.data[start], answers.data[start + 1], answers.data[start + 2] = 0, 0, 0
+                answers.data[start + 3] = <unsigned char>body_bytes
+                position += 4 + length
+            return PyBytes_FromStringAndSize(<const char*>answers.data, answers.size)
+        finally:
+            free(answers.data)
+
     def run(self, participant_id, bytes body, int64_t now_ns):
         """One raw request body in, its whole response frame out (a bytes object)."""
         cdef Reader r

@@ -87,9 +87,10 @@ RATE_BURST_ITEMS = 400_000
 SERVER_BATCH_EVENTS_MAX = BATCH_EVENTS_MAX
 # Events waiting for a batch, all connections together; past it new work is shed with BUSY.
 SERVER_QUEUE_EVENTS_MAX = 16 * SERVER_BATCH_EVENTS_MAX
-# Once more than a batch waits, new work is shed with BUSY when the work queued ahead of it would take
-# longer than this to commit at the recent rate of full batches: accepted requests wait about this long
-# at most, whatever the offered load (the events bound alone is seconds of work on a slow disk).
+# Unless the queue is empty, new work is shed with BUSY when the work ahead of it is predicted to take
+# longer than this to commit (switch/server.py predicted_wait_ns: commits x their fixed cost + events x
+# their cost, both learnt): accepted requests wait about this long at most, whatever the offered load
+# (the events bound alone is seconds of work on a slow disk).
 SERVER_QUEUE_WAIT_MS_MAX = 100
 
 # ---- rules ------------------------------------------------------------------

@@ -289,8 +289,12 @@ def refusal_frames(frames: bytes, code: int, request_id_of: Callable[[bytes], in
     answers = []
     position = 0
     while position < len(frames):
+        if position + LENGTH_PREFIX_BYTES > len(frames):
+            raise ValueError("refusal_frames: a frame runs past the end")
         (length,) = LENGTH_PREFIX.unpack_from(frames, position)
         body = frames[position + LENGTH_PREFIX_BYTES:position + LENGTH_PREFIX_BYTES + length]
+        if len(body) < length:
+            raise ValueError("refusal_frames: a frame runs past the end")
         answers.append(pack_frame(response(request_id_of(body), code)))
         position += LENGTH_PREFIX_BYTES + length
     return b"".join(answers)

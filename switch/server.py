@@ -38,11 +38,21 @@ log = logging.getLogger("switch.server")
 SWITCH_INTERVAL_SECONDS = 0.0001
 
 HANDSHAKE, OPEN, DRAINING, CLOSED = "handshake", "open", "draining", "closed"
-# Admission plans for the next batches committing at half the recent rate: a shared machine drifts 2x
-# within seconds, and measured under a tenfold overload (bench/overload.py, fsync) planning for the full
-# budget left 3-12% of batches waiting past it, planning for half of it 0.5-2%.
+# Admission predicts the wait of the work ahead as its commits x the fixed cost of one commit (the write:
+# mostly the fsync) plus its ledger events x their execution cost, all at twice the learnt costs: a shared
+# machine drifts 2x within seconds and the event loop's own work between batches is in neither cost.
+# Measured under a tenfold overload (bench/overload.py, fsync): with the rule before (one rate) planning
+# for the plain rate left 3-12% of batches waiting past the budget, for half of it 0.5-2%; with this one,
+# doubling only the per-event cost left up to 28%, doubling both is as good as the rule before
+# (bench/RESULTS.md section 7).
 COMMIT_RATE_HEADROOM = 2
-NS_PER_SECOND = 1_000_000_000
+# The learnt costs move a quarter of the way to each new batch's, so one slow fsync or one lucky batch
+# moves them little; a slower execution of a batch at least half full is believed at once (safety first).
+COST_SMOOTHING = 4
+# A smaller batch counts as at most this many times the learnt cost per event: on a shared machine one
+# runs 20-30x slower now and then (the engine thread preempted, measured in a closed loop), and believing
+# it shed a closed loop that one commit carries; a lasting slowdown is still learnt within a few batches.
+SMALL_BATCH_COST_RISE_MAX = 2
 
 
 class ServerLimits:
@@ -352,6 +362,8 @@ class Server:
         # Runs of pay frames as one request (FrameRun); SWITCH_FRAME_RUNS=0 queues one Request per frame
         # (the path before runs, kept for side-by-side measurements).
         self.cut = getattr(pipeline, "cut", None) if self._peek is not None else None
+        # A shed or failed run's answers: the code under each frame's own id, in one C pass.
+        self._refuse_frames = getattr(pipeline, "refuse_frames", None)
         if os.environ.get("SWITCH_FRAME_RUNS", "1") == "0":
             self.cut = None
         self.limits = server_limits or ServerLimits()
@@ -378,9 +390,11 @@ class Server:
         # CPU then competes with the execution, and each extra commit costs its fixed CPU again.
         self._writes_ahead = 1 if os.environ.get("SWITCH_WRITE_OVERLAP", "0") == "1" else 0
         self.batches_committed = 0
-        # Ledger events per second the recent batches committed (see _note_commit_rate); 0: unknown.
-        self.commit_events_per_second = 0
-        self._rate_from_full_batches = False
+        # What the recent batches cost (see _note_commit_cost): the fixed cost of one commit (its write),
+        # and the execution cost per ledger event as ns / events (both decayed sums; 0 events: unknown).
+        self.commit_fixed_ns = 0
+        self._executed_ns = 0
+        self._executed_events = 0
         # What the stats operation and the metrics port report (switch/metrics.py).
         self.ops = OpsStats()
         self.ops.connections = lambda: len(self.connections)
@@ -443,37 +457,51 @@ class Server:
         connection.busy_held += 1
 
     def _over_queue_bounds(self, events: int) -> bool:
-        """Past queue_events_max; or more work ahead (the queue and the batch now committing) than half
-        the recent commit rate gets through in queue_wait_ms_max, so what is accepted is answered within
-        about that time and the rest is told BUSY at once instead of waiting seconds.  An empty queue
-        always takes a request (the switch keeps moving however slow its disk); before any batch has
-        committed the rate is unknown, and no more than one batch may wait."""
+        """Past queue_events_max; or the work ahead (the queue and the batches executing or writing) is
+        predicted to take longer than queue_wait_ms_max, so what is accepted is answered within about
+        that time and the rest is told BUSY at once instead of waiting seconds.  An empty queue always
+        takes a request (the switch keeps moving however slow its disk); before any batch has
+        committed the costs are unknown, and no more than one batch may wait."""
         queued = self._queued_events + events
         if queued > self.limits.queue_events_max:
             return True
         if not self._queued_events:
             return False
-        if not self.commit_events_per_second:
+        if not self._executed_events:
             return queued > self.limits.batch_events_max
-        ahead = queued + self._running_events
-        return ahead * 1000 * COMMIT_RATE_HEADROOM > self.limits.queue_wait_ms_max * self.commit_events_per_second
+        return self.predicted_wait_ns(queued) > self.limits.queue_wait_ms_max * 1_000_000
 
-    def _note_commit_rate(self, events: int, elapsed_ns: int) -> None:
-        """Learn the commit rate from batches at least half full, and from smaller ones only until
-        such a batch is seen: a small batch is dominated by the fixed cost of a commit, so its rate
-        understates what the switch does under load (a lower bound, safe to start from)."""
-        if events <= 0 or elapsed_ns <= 0:
+    def predicted_wait_ns(self, queued_events: int) -> int:
+        """How long until `queued_events` more are committed: the batches executing or writing and the
+        ones the queue needs, each with the fixed cost of a commit, plus every event ahead at its
+        execution cost, all twice as learnt.  The fixed cost counts once per commit, however many events
+        it carries (not folded into each event): a closed loop that a commit or two carries is not shed."""
+        batch_events_max = self.limits.batch_events_max
+        commits = -(-queued_events // batch_events_max) + -(-self._running_events // batch_events_max)
+        events_ahead = queued_events + self._running_events
+        return COMMIT_RATE_HEADROOM * (commits * self.commit_fixed_ns
+                                       + events_ahead * self._executed_ns // self._executed_events)
+
+    def _note_commit_cost(self, events: int, executed_ns: int, written_ns: int) -> None:
+        """Learn a commit's fixed cost from its write and the per-event cost from its execution: a
+        batch's time is both, and the rate of small batches (or of one slow fsync) folded into one
+        events-per-second figure understated what a full batch carries.  The execution sums are
+        weighted by events, so a small batch, dominated by the thread hop, moves them little."""
+        if events <= 0 or executed_ns <= 0 or written_ns <= 0:
             return
-        rate = events * NS_PER_SECOND // elapsed_ns
-        if events * 2 < self.limits.batch_events_max:
-            if not self._rate_from_full_batches:
-                self.commit_events_per_second = rate
+        if not self._executed_events:
+            self.commit_fixed_ns = written_ns
+            self._executed_ns, self._executed_events = executed_ns, events
             return
-        previous = self.commit_events_per_second if self._rate_from_full_batches else 0
-        self._rate_from_full_batches = True
-        # A slower batch is believed at once (what is accepted must be answered in time even when the
-        # disk or the CPU slows down); a faster one only a quarter, so one lucky batch admits little.
-        self.commit_events_per_second = rate if not previous or rate < previous else (previous * 3 + rate) // 4
+        self.commit_fixed_ns += (written_ns - self.commit_fixed_ns) // COST_SMOOTHING
+        slower = executed_ns * self._executed_events > self._executed_ns * events
+        if slower and events * 2 >= self.limits.batch_events_max:
+            self._executed_ns, self._executed_events = executed_ns, events
+            return
+        executed_ns = min(executed_ns, SMALL_BATCH_COST_RISE_MAX * self._executed_ns * events // self._executed_events)
+        keep = COST_SMOOTHING - 1
+        self._executed_ns = self._executed_ns * keep // COST_SMOOTHING + executed_ns
+        self._executed_events = self._executed_events * keep // COST_SMOOTHING + events
 
     async def _run_batches(self) -> None:
         """Batches execute one after another in the engine thread; each one's write, then its
@@ -505,7 +533,7 @@ class Server:
                     await self._recover()
                     failed_ns = time.perf_counter_ns() - started_ns
                     self._finish(batch, [(Code.INTERNAL_ERROR, None)] * len(batch), started_ns, oldest_queued_ns,
-                                 failed_ns)
+                                 failed_ns, 0)
                     continue
                 executed_ns = time.perf_counter_ns() - started_ns
                 previous = writes[-1] if writes else None
@@ -537,10 +565,8 @@ class Server:
             outcomes = [(Code.INTERNAL_ERROR, None)] * len(batch)
             write_started_ns = started_ns + executed_ns
         written_ns = time.perf_counter_ns() - write_started_ns
-        # The batch's share of the switch's time: executing and writing overlap with the batches
-        # before and after it, so the slower of the two, unless they run one after the other.
-        busy_ns = max(executed_ns, written_ns) if self._writes_ahead else executed_ns + written_ns
-        self._finish(batch, outcomes, started_ns, oldest_queued_ns, busy_ns)
+        # Admission adds the two (with SWITCH_WRITE_OVERLAP=1 they overlap: a prediction on the safe side).
+        self._finish(batch, outcomes, started_ns, oldest_queued_ns, executed_ns, written_ns)
 
     async def _recover(self) -> None:
         try:
@@ -548,7 +574,9 @@ class Server:
         except Exception:
             log.exception("state could not be rebuilt from storage")
 
-    def _finish(self, batch: list, outcomes: list, started_ns: int, oldest_queued_ns: int, busy_ns: int) -> None:
+    def _finish(self, batch: list, outcomes: list, started_ns: int, oldest_queued_ns: int, executed_ns: int,
+                written_ns: int) -> None:
+        """Answer a batch, count it, and learn its costs (not a failed one's: written_ns 0)."""
         self.batches_committed += 1
         self._answer(batch, outcomes)
         answered_ns = time.perf_counter_ns()
@@ -558,7 +586,7 @@ class Server:
             log.exception("a batch of %d could not be counted in the statistics", len(batch))
         events = sum(request.events for _, request in batch)
         self._running_events -= events
-        self._note_commit_rate(events, busy_ns)
+        self._note_commit_cost(events, executed_ns, written_ns)
 
     def _take_batch(self) -> list[tuple[Connection, Request]]:
         """Everything queued, up to batch_events_max ledger events (always at least one request).
@@ -610,11 +638,8 @@ class Server:
         if kind is Encoded or kind is EncodedRun:
             return outcome.frame                # the pipeline wrote it (raw pay / pay_batch frames)
         if request.op == OP_RAW_RUN:            # shed, or its batch failed: every frame gets the code
-            return protocol.refusal_frames(request.args, outcome[0], self._request_id_of)
+            return self._refuse_frames(request.args, outcome[0])
         return protocol.pack_frame(protocol.response(request.request_id, *outcome))
-
-    def _request_id_of(self, body: bytes) -> int:
-        return self._peek(body)[1]
 
     async def reload_rules_file(self) -> tuple[int, Any]:
         """SIGHUP: re-read the configured rules file in the commit thread, so the swap falls

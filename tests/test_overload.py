@@ -178,46 +178,78 @@ def make_server(**limit_overrides) -> Server:
     return Server(SlowEngine(), config_module.parse(base_document()), ServerLimits(**limit_overrides))
 
 
+def learnt(server: Server, fixed_ns: int, executed_ns: int, events: int) -> Server:
+    """The server as if its batches so far cost `fixed_ns` per commit and executed `events` in `executed_ns`."""
+    server.commit_fixed_ns = fixed_ns
+    server._executed_ns, server._executed_events = executed_ns, events
+    return server
+
+
 def test_queue_wait_bound_at_the_limit_and_one_past():
-    server = make_server(batch_events_max=10, queue_events_max=10**6, queue_wait_ms_max=100)
-    server.commit_events_per_second = 2_000                # 100 ms of work at half that rate = 100 events
-    server._queued_events = 50
-    assert not server._over_queue_bounds(50)
-    assert server._over_queue_bounds(51)
-    server._running_events = 20                            # the batch committing now is work ahead too
-    assert not server._over_queue_bounds(30)
-    assert server._over_queue_bounds(31)
+    # 5 ms per commit, 20 us per event, twice that planned: 2 commits + 2,000 events = 100 ms.
+    server = learnt(make_server(batch_events_max=1_000, queue_events_max=10**6, queue_wait_ms_max=100),
+                    5_000_000, 20_000, 1)
+    server._queued_events = 1_000
+    assert server.predicted_wait_ns(2_000) == 100_000_000
+    assert not server._over_queue_bounds(1_000)
+    assert server._over_queue_bounds(1_001)                # a third commit and one event more
+    server._running_events = 500                           # the batch committing now is work ahead too
+    assert not server._over_queue_bounds(250)              # 3 commits + 1,750 events = 100 ms
+    assert server._over_queue_bounds(251)
 
 
-def test_an_empty_queue_takes_a_request_and_before_the_rate_is_known_one_batch_may_wait():
+def test_what_the_next_commits_carry_is_admitted_after_one_slow_fsync():
+    # A closed loop: 2,048 events committing, as many queued; one fsync of 40 ms among 2 ms ones.
+    server = make_server(batch_events_max=8_190, queue_events_max=10**6, queue_wait_ms_max=100)
+    for _ in range(8):
+        server._note_commit_cost(2_048, 10_000_000, 2_000_000)
+    server._note_commit_cost(2_048, 10_000_000, 40_000_000)
+    assert server.commit_fixed_ns == 2_000_000 + 38_000_000 // 4
+    server._running_events, server._queued_events = 2_048, 2_047
+    assert 84_000_000 < server.predicted_wait_ns(2_048) < 88_000_000   # 2 x (2 x 11.5 ms + 4,096 x 4.9 us)
+    assert not server._over_queue_bounds(1)
+    server._note_commit_cost(2_048, 200_000_000, 2_000_000)  # the engine thread stalled: 20x slower, once
+    assert not server._over_queue_bounds(1)
+    for _ in range(12):                                    # it lasts: learnt, and the loop is shed
+        server._note_commit_cost(2_048, 200_000_000, 2_000_000)
+    assert server._over_queue_bounds(1)
+    server._queued_events = 12_000                         # a flood: more than the budget's worth waits
+    assert server._over_queue_bounds(2)
+
+
+def test_an_empty_queue_takes_a_request_and_before_the_costs_are_known_one_batch_may_wait():
     server = make_server(batch_events_max=10, queue_events_max=10**6, queue_wait_ms_max=1)
-    assert server.commit_events_per_second == 0            # nothing committed yet
+    assert server._executed_events == 0                    # nothing committed yet
     assert not server._over_queue_bounds(10)
     server._queued_events = 4
     assert not server._over_queue_bounds(6)
     assert server._over_queue_bounds(7)
-    server.commit_events_per_second = 1                    # absurdly slow: only an empty queue takes work
+    learnt(server, 0, 10**12, 1)                           # absurdly slow: only an empty queue takes work
     assert server._over_queue_bounds(1)
     server._queued_events = 0
     assert not server._over_queue_bounds(10)
 
 
-def test_the_events_bound_holds_whatever_the_rate():
-    server = make_server(batch_events_max=10, queue_events_max=1_000, queue_wait_ms_max=100)
-    server.commit_events_per_second = 10**9
-    assert not server._over_queue_bounds(1_000)
-    assert server._over_queue_bounds(1_001)
+def test_the_events_bound_holds_whatever_the_costs():
+    server = learnt(make_server(batch_events_max=10, queue_events_max=1_000, queue_wait_ms_max=100), 0, 0, 1)
+    server._queued_events = 1
+    assert not server._over_queue_bounds(999)
+    assert server._over_queue_bounds(1_000)
 
 
-def test_the_commit_rate_comes_from_full_batches_once_one_is_seen():
+def test_the_costs_are_learnt_apart_and_smoothed():
     server = make_server(batch_events_max=100)
-    server._note_commit_rate(10, 10_000_000)               # small batch, nothing better known: a lower bound
-    assert server.commit_events_per_second == 1_000
-    server._note_commit_rate(50, 10_000_000)               # half full: 50 events in 10 ms
-    assert server.commit_events_per_second == 5_000
-    server._note_commit_rate(10, 1_000_000_000)            # small ones no longer count
-    assert server.commit_events_per_second == 5_000
-    server._note_commit_rate(100, 10_000_000)              # a faster full batch weighs a quarter
-    assert server.commit_events_per_second == (5_000 * 3 + 10_000) // 4
-    server._note_commit_rate(100, 50_000_000)              # a slower one is believed at once
-    assert server.commit_events_per_second == 2_000
+    server._note_commit_cost(100, 1_000_000, 5_000_000)    # the first batch is believed: 10 us/event, 5 ms
+    assert (server.commit_fixed_ns, server._executed_ns, server._executed_events) == (5_000_000, 1_000_000, 100)
+    server._note_commit_cost(100, 1_000_000, 45_000_000)   # one slow fsync moves the fixed cost a quarter
+    assert server.commit_fixed_ns == 15_000_000
+    assert (server._executed_ns, server._executed_events) == (750_000 + 1_000_000, 75 + 100)
+    server._note_commit_cost(10, 1_000_000, 15_000_000)    # a small slow batch: its 10 events at 2 x 10 us
+    assert (server._executed_ns, server._executed_events) == (1_312_500 + 200_000, 131 + 10)
+    server._note_commit_cost(50, 5_000_000, 15_000_000)    # half full and slower: believed at once
+    assert (server._executed_ns, server._executed_events) == (5_000_000, 50)
+    server._note_commit_cost(100, 1_000_000, 15_000_000)   # a faster full one is blended in
+    assert (server._executed_ns, server._executed_events) == (3_750_000 + 1_000_000, 37 + 100)
+    server._note_commit_cost(100, 1_000_000, 0)            # a failed batch (no write) teaches nothing
+    assert (server._executed_ns, server._executed_events) == (4_750_000, 137)
+    assert server.commit_fixed_ns == 15_000_000

@@ -110,6 +110,52 @@ def test_refusal_frames_answer_every_frame_under_its_own_id(impl):
     assert msgpack.unpackb(second[4:]) == [2, Code.BUSY, None]
 
 
+# Every msgpack width of a request id, 0 to 2^64-1; peek reads 1..REQUEST_ID_MAX, the others answer under 0.
+REFUSAL_IDS = [0, 1, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 0xFFFFFFFF, 0x100000000, 2**64 - 1]
+
+
+def answered_id(request_id: int) -> int:
+    return request_id if 1 <= request_id <= protocol.REQUEST_ID_MAX else 0
+
+
+def refusal_run(frames: int) -> bytes:
+    """`frames` pay and pay_batch frames, alternating, cycling through REFUSAL_IDS."""
+    bodies = []
+    for index in range(frames):
+        request_id = REFUSAL_IDS[index % len(REFUSAL_IDS)]
+        op_args = ("pay", pay_args(index)) if index % 2 else ("pay_batch", [pay_args(index), pay_args(index + 1)])
+        bodies.append(body(request_id, *op_args))
+    return framed(*bodies)
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, len(REFUSAL_IDS), 2 * len(REFUSAL_IDS) + 1])
+def test_refuse_frames_gives_the_bytes_of_refusal_frames_on_both_cores(compiled, reference, frames):
+    run = refusal_run(frames)
+    for code in Code:
+        expected = refusal_frames(run, code, lambda raw: reference.Pipeline.peek(raw)[1])
+        assert compiled.Pipeline.refuse_frames(run, code) == expected
+        assert reference.Pipeline.refuse_frames(run, code) == expected
+    answers = compiled.Pipeline.refuse_frames(run, Code.BUSY)
+    unpacker = msgpack.Unpacker()
+    position = 0
+    while position < len(answers):
+        length = int.from_bytes(answers[position:position + 4], "big")
+        unpacker.feed(answers[position + 4:position + 4 + length])
+        position += 4 + length
+    assert list(unpacker) == [[answered_id(REFUSAL_IDS[index % len(REFUSAL_IDS)]), Code.BUSY, None]
+                              for index in range(frames)]
+
+
+@pytest.mark.parametrize("cut_at", [1, 3, 5, len(PAY) + 3])
+def test_refuse_frames_refuses_a_frame_that_runs_past_the_end(impl, cut_at):
+    with pytest.raises(ValueError, match="past the end"):
+        impl.Pipeline.refuse_frames(framed(PAY)[:cut_at], Code.BUSY)
+
+
+def test_refuse_frames_of_nothing_is_nothing(impl):
+    assert impl.Pipeline.refuse_frames(b"", Code.BUSY) == b""
+
+
 # ---- over TCP -----------------------------------------------------------------------------
 
 def pay_frame(request_id: int, transfer_id: int) -> list:

@@ -127,6 +127,15 @@ class Pipeline:
         count = _array_length(body, position + 1 + length)
         return (2 * count if 0 < count <= limits.BATCH_FRAME_ITEMS_MAX else 1, request_id)
 
+    @staticmethod
+    def refuse_frames(frames: bytes, code: int) -> bytes:
+        """The answer [request id, code, nil] to every frame of `frames` (length-prefixed bodies
+        back to back, as `cut` took them), each under its own request id (0 where `peek` reads
+        none): what a shed or failed FrameRun is answered."""
+        from switch import protocol
+
+        return protocol.refusal_frames(frames, code, lambda body: Pipeline.peek(body)[1])
+
     def run(self, participant_id: int, body: bytes, now_ns: int) -> bytes:
         """One raw request body in, its whole response frame out."""
         from switch import protocol
