@@ -36,8 +36,8 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from core_ext._ledger cimport AccountC, Ledger, TransferC
 from core_ext._qr cimport (
-    QR_SCHEME_BHARAT_PRIMITIVE, QR_SCHEME_FROM_TEXT, QR_SCHEME_PRIMITIVE, QrKey, QrSpan, QrVerdict, qr_validate,
-    utf8_valid,
+    QR_SCHEME_BHARAT_PRIMITIVE, QR_SCHEME_FROM_TEXT, QR_SCHEME_PRIMITIVE, QrKey, QrSpan, QrVerdict, percent_decode,
+    qr_validate, utf8_valid,
 )
 from core_ext._rules cimport DecisionOut, PaymentCtx, RuleEngine
 
@@ -548,36 +548,6 @@ cdef inline void put_u64_le(unsigned char* at, uint64_t value) noexcept:
         at[index] = <unsigned char>(value >> (8 * index))
 
 
-cdef Py_ssize_t percent_decode(const unsigned char* data, Py_ssize_t size, unsigned char* out) noexcept:
-    """%XX decoded once (a UPI identifier as the directory registers it); -1 for a broken escape."""
-    cdef Py_ssize_t index = 0, written = 0
-    cdef int high, low
-    while index < size:
-        if data[index] == 37:
-            if index + 2 >= size:
-                return -1
-            high, low = hex_value(data[index + 1]), hex_value(data[index + 2])
-            if high < 0 or low < 0:
-                return -1
-            out[written] = <unsigned char>(16 * high + low)
-            index += 3
-        else:
-            out[written] = data[index]
-            index += 1
-        written += 1
-    return written if utf8_valid(out, written) else -1
-
-
-cdef inline int hex_value(unsigned char byte) noexcept:
-    if 48 <= byte <= 57:
-        return byte - 48
-    if 65 <= byte <= 70:
-        return byte - 55
-    if 97 <= byte <= 102:
-        return byte - 87
-    return -1
-
-
 # ---- helpers of the decide stage ---------------------------------------------------------------
 
 cdef uint32_t LEDGER_COUNTRY_C[1000]
@@ -856,7 +826,7 @@ cdef class Pipeline:
         out[scheme_bytes] = 0
         size = scheme_bytes + 1
         if verdict.profile == PROFILE_UPI:
-            written = percent_decode(payload + qr_key.first.start, qr_key.first.length, out + size)
+            written = percent_decode(payload, qr_key.first.start, qr_key.first.start + qr_key.first.length, out + size)
             if written < 0:
                 return -1
             size += written

@@ -58,6 +58,11 @@ cdef struct QrVerdict:
 # Well-formed UTF-8 as Python's strict decoder sees it; shared with the pipeline's msgpack reader.
 cdef bint utf8_valid(const unsigned char* data, Py_ssize_t size) noexcept nogil
 
+# %XX decoded once from data[start:end] into out: its length, or -1 for a broken escape or a
+# non-UTF-8 result; shared with the pipeline (a UPI identifier as the merchant directory keys it).
+cdef int32_t percent_decode(const unsigned char* data, int32_t start, int32_t end,
+                            unsigned char* out) noexcept nogil
+
 # Validate `size` bytes of payload into `verdict`; returns verdict.code.
 cdef int qr_validate(const unsigned char* data, Py_ssize_t size, int64_t now_s,
                      QrVerdict* verdict) noexcept nogil
