@@ -15,7 +15,7 @@ from core_ext.codes import Code
 from switch import config as config_module, protocol
 from switch.client import AsyncClient, PaymentResult, SwitchError
 from switch.engine import Outcome
-from test_server_helpers import LOOP_KINDS, WALLET_ID, WALLET_SECRET, base_document, run_on, running
+from test_server_helpers import WALLET_ID, WALLET_SECRET, base_document, run_on, running
 
 
 class RecordingEngine:
@@ -45,11 +45,6 @@ class RecordingEngine:
         if item.amount_minor % 2:
             return Code.EXCEEDS_CREDITS, None
         return Code.OK, [item.amount_minor, 1, 764, "Merchant"]
-
-
-@pytest.fixture(params=LOOP_KINDS)
-def loop_kind(request):
-    return request.param
 
 
 @pytest.fixture

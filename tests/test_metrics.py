@@ -14,7 +14,7 @@ from core_ext.codes import Code
 from switch import config as config_module, logging_setup, metrics, protocol
 from switch.client import AsyncClient
 from switch.operations import open_engine
-from test_server_helpers import LOOP_KINDS, OPERATOR_ID, OPERATOR_SECRET, run_on
+from test_server_helpers import OPERATOR_ID, OPERATOR_SECRET, run_on
 import test_server_helpers as fixtures
 
 
@@ -93,11 +93,6 @@ class TestOpsStats:
             raise RuntimeError("engine gone")
         text = metrics.MetricsExporter(metrics.OpsStats(), broken).render().decode()
         assert "switch_batches_total 0.0" in text and "switch_rule_hits" not in text
-
-
-@pytest.fixture(params=LOOP_KINDS)
-def loop_kind(request):
-    return request.param
 
 
 def test_a_running_switch_serves_its_metrics_over_http(loop_kind, tmp_path):

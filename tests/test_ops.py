@@ -14,7 +14,7 @@ from core_ext.rules_types import load_ruleset
 from switch import config as config_module, protocol
 from switch.client import AsyncClient, SwitchError
 from switch.operations import open_engine
-from test_server_helpers import LOOP_KINDS, OPERATOR_ID, OPERATOR_SECRET, Raw, run_on
+from test_server_helpers import OPERATOR_ID, OPERATOR_SECRET, Raw, run_on
 import test_server_helpers as fixtures
 
 # A payment above THB 500.00 is held for review; one above THB 10.00 is counted by a shadow rule.
@@ -41,16 +41,6 @@ reason = "LIM_WATCH"
 limit_minor = 1000
 """
 OTHER_RULES_TEXT = RULES_TEXT.replace('name = "ops-test"', 'name = "ops-test-2"')
-
-
-@pytest.fixture(params=LOOP_KINDS)
-def loop_kind(request):
-    return request.param
-
-
-@pytest.fixture
-def config():
-    return config_module.parse(fixtures.document())
 
 
 @contextlib.asynccontextmanager

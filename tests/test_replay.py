@@ -33,11 +33,6 @@ BATCH_GAP_NS = 3_000_000
 
 
 @pytest.fixture
-def config():
-    return config_module.parse(fixtures.document())
-
-
-@pytest.fixture
 def config_path(tmp_path):
     path = tmp_path / "switch.toml"
     path.write_text(toml_of(fixtures.document()))

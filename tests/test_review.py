@@ -27,7 +27,7 @@ from switch.protocol import OP_VOID_PENDING, PayItem, PendingItem, Request, id_t
 from switch.server import Server, new_event_loop
 from test_ops import RULES_TEXT
 from test_pipeline_rules import MemoryStorage, audit_records
-from test_server_helpers import LOOP_KINDS, OPERATOR_ID, OPERATOR_SECRET, run_on
+from test_server_helpers import OPERATOR_ID, OPERATOR_SECRET, run_on
 import test_server_helpers as fixtures
 
 HELD_MINOR = 60_000        # above the review cap of RULES_TEXT (50,000)
@@ -97,16 +97,6 @@ class TestReviewQueue:
             queue.resolve(transfer_id)
         assert len(queue._cursors) < 2000
         assert [entry.transfer_id for entry in queue.page(0, 10)[0]] == [3000]
-
-
-@pytest.fixture(params=LOOP_KINDS)
-def loop_kind(request):
-    return request.param
-
-
-@pytest.fixture
-def config():
-    return config_module.parse(fixtures.document())
 
 
 @contextlib.asynccontextmanager

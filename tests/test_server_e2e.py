@@ -10,23 +10,12 @@ import pytest
 import core_ext
 from core_ext.codes import Code
 from core_ext.types import Transfer, TransferFlags
-from switch import config as config_module
 from switch.client import AsyncClient, Client, SwitchError
 from switch.engine import Engine
 from switch.server import Server, ServerLimits
 from test_server_helpers import (
-    LOOP_KINDS, OPERATOR_ID, OPERATOR_SECRET, OTHER_ID, OTHER_SECRET, WALLET_ID, WALLET_SECRET, Raw, run_on)
+    OPERATOR_ID, OPERATOR_SECRET, OTHER_ID, OTHER_SECRET, WALLET_ID, WALLET_SECRET, Raw, run_on)
 import test_server_helpers as fixtures
-
-
-@pytest.fixture(params=LOOP_KINDS)
-def loop_kind(request):
-    return request.param
-
-
-@pytest.fixture
-def config():
-    return config_module.parse(fixtures.document())
 
 
 @contextlib.asynccontextmanager

@@ -18,7 +18,7 @@ from core_ext.codes import Code
 from switch import config as config_module, protocol
 from switch.engine import Outcome
 from test_server_helpers import (
-    LOOP_KINDS, OTHER_ID, OTHER_SECRET, WALLET_ID, WALLET_SECRET, Raw, base_document, run_on, running)
+    OTHER_ID, OTHER_SECRET, WALLET_ID, WALLET_SECRET, Raw, base_document, run_on, running)
 
 
 class EngineDouble:
@@ -43,11 +43,6 @@ class EngineDouble:
         if request.op == "lookup_accounts":
             return Outcome(Code.OK, request.args)   # a large answer, for the slow-reader test
         return Outcome(Code.OK, participant.id)
-
-
-@pytest.fixture(params=LOOP_KINDS)
-def loop_kind(request):
-    return request.param
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 
 import core_ext
 from core_ext.codes import Code
-from switch import config as config_module
 from switch.client import AsyncClient, PayRequest
 from switch.commands.ledger import run_check
 from switch.engine import Engine
@@ -30,11 +29,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BATCH_PAYMENTS = 4095            # one pay_batch frame: ~0.4 MiB of journal, new pages in any map
 TMPFS_BYTES = 8 << 20
 SMALL_MAP_BYTES = 256 << 10      # room for the bootstrap and small batches, not for a full pay_batch
-
-
-@pytest.fixture
-def config():
-    return config_module.parse(fixtures.document())
 
 
 def open_engine(config, data_dir, **storage_options) -> Engine:
