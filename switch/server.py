@@ -21,7 +21,7 @@ import os
 import ssl as ssl_module
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from core_ext import limits
 from core_ext.codes import Code
@@ -346,6 +346,15 @@ class Connection(asyncio.BufferedProtocol):
             self._timer = None
 
 
+class TakenBatch(NamedTuple):
+    """A batch taken from the queue: its (connection, request) pairs, their ledger events, when it
+    started and when its oldest request arrived (its wait is measured from then)."""
+    items: list
+    events: int
+    started_ns: int
+    oldest_queued_ns: int
+
+
 class Server:
     """Accepts wallets and runs their requests in batches through one engine."""
 
@@ -517,15 +526,14 @@ class Server:
                                   or not self._full_batch_queued()):
                     await writes.popleft()
                 oldest_queued_ns = self._oldest_queued_ns
-                batch = self._take_batch()
-                events = sum(request.events for _, request in batch)
+                batch, events = self._take_batch()
                 self._running_events += events      # executed or writing, not yet answered
                 work = [(connection.participant, request) for connection, request in batch]
-                started_ns = time.perf_counter_ns()
+                taken = TakenBatch(batch, events, time.perf_counter_ns(), oldest_queued_ns)
                 if self._queue:
-                    self._oldest_queued_ns = started_ns    # the rest arrived earlier: a lower bound
+                    self._oldest_queued_ns = taken.started_ns    # the rest arrived earlier: a lower bound
                 if not self._writes_ahead and not writes:
-                    await self._execute_and_write(batch, work, started_ns, oldest_queued_ns)
+                    await self._execute_and_write(taken, work)
                     continue
                 try:
                     executed = await self.loop.run_in_executor(self._executor, self._engine.execute_batch, work)
@@ -534,14 +542,12 @@ class Server:
                     while writes:                          # what was written stays: rebuild after it
                         await writes.popleft()
                     await self._recover()
-                    failed_ns = time.perf_counter_ns() - started_ns
-                    self._finish(batch, [(Code.INTERNAL_ERROR, None)] * len(batch), started_ns, oldest_queued_ns,
-                                 failed_ns, 0)
+                    failed_ns = time.perf_counter_ns() - taken.started_ns
+                    self._finish(taken, [(Code.INTERNAL_ERROR, None)] * len(batch), failed_ns, 0)
                     continue
-                executed_ns = time.perf_counter_ns() - started_ns
+                executed_ns = time.perf_counter_ns() - taken.started_ns
                 previous = writes[-1] if writes else None
-                writes.append(self.loop.create_task(
-                    self._write_and_answer(batch, executed, previous, started_ns, oldest_queued_ns, executed_ns)))
+                writes.append(self.loop.create_task(self._write_and_answer(taken, executed, previous, executed_ns)))
 
     def _full_batch_queued(self) -> bool:
         """Enough queued to execute ahead of the write in flight: at least half a batch.  With less,
@@ -549,7 +555,7 @@ class Server:
         them all instead of two commits carrying half each."""
         return self._queued_events * 2 >= self.limits.batch_events_max
 
-    async def _execute_and_write(self, batch: list, work: list, started_ns: int, oldest_queued_ns: int) -> None:
+    async def _execute_and_write(self, taken: TakenBatch, work: list) -> None:
         """Without write overlap (the default): execute and write a batch in ONE hand-off to the engine
         thread.  A hand-off costs two thread wake-ups, which at low load are most of a small batch's
         time (bench/RESULTS.md 5.3); the write still runs off the event loop."""
@@ -557,13 +563,13 @@ class Server:
             outcomes, executed_ns, written_ns = await self.loop.run_in_executor(
                 self._executor, self._execute_then_write, work)
         except Exception:
-            log.exception("engine failed on a batch of %d; rebuilding state from storage", len(batch))
-            outcomes, executed_ns, written_ns = [(Code.INTERNAL_ERROR, None)] * len(batch), 0, 0
+            log.exception("engine failed on a batch of %d; rebuilding state from storage", len(work))
+            outcomes, executed_ns, written_ns = [(Code.INTERNAL_ERROR, None)] * len(work), 0, 0
             await self._recover()
         if outcomes is None:                    # the write failed: memory is ahead of storage
             await self._recover()
-            outcomes, written_ns = [(Code.STORAGE_FAILED, None)] * len(batch), 0
-        self._finish(batch, outcomes, started_ns, oldest_queued_ns, executed_ns, written_ns)
+            outcomes, written_ns = [(Code.STORAGE_FAILED, None)] * len(work), 0
+        self._finish(taken, outcomes, executed_ns, written_ns)
 
     def _execute_then_write(self, work: list) -> tuple[list | None, int, int]:
         """In the engine thread: (outcomes, or None when the write failed; ns executing; ns writing).
@@ -578,8 +584,8 @@ class Server:
             outcomes = None
         return outcomes, executed_ns, time.perf_counter_ns() - started_ns - executed_ns
 
-    async def _write_and_answer(self, batch: list, executed: Any, previous: asyncio.Task | None,
-                                started_ns: int, oldest_queued_ns: int, executed_ns: int) -> None:
+    async def _write_and_answer(self, taken: TakenBatch, executed: Any, previous: asyncio.Task | None,
+                                executed_ns: int) -> None:
         """Write one executed batch once the batch before it is written, then answer it: never an
         answer before its batch is durable (fsync) or handed to the OS (os).  A failed write fails
         this batch and, through recover(), every batch executed on top of it.  Never raises."""
@@ -590,15 +596,16 @@ class Server:
             outcomes = await self.loop.run_in_executor(self._writer, self._engine.write_batch, executed)
             if outcomes is None:
                 await self._recover()
-                outcomes = [(Code.STORAGE_FAILED, None)] * len(batch)
+                outcomes = [(Code.STORAGE_FAILED, None)] * len(taken.items)
         except Exception:
-            log.exception("writing a batch of %d failed unexpectedly; rebuilding state from storage", len(batch))
+            log.exception("writing a batch of %d failed unexpectedly; rebuilding state from storage",
+                          len(taken.items))
             await self._recover()
-            outcomes = [(Code.INTERNAL_ERROR, None)] * len(batch)
-            write_started_ns = started_ns + executed_ns
+            outcomes = [(Code.INTERNAL_ERROR, None)] * len(taken.items)
+            write_started_ns = taken.started_ns + executed_ns
         written_ns = time.perf_counter_ns() - write_started_ns
         # Admission adds the two (with SWITCH_WRITE_OVERLAP=1 they overlap: a prediction on the safe side).
-        self._finish(batch, outcomes, started_ns, oldest_queued_ns, executed_ns, written_ns)
+        self._finish(taken, outcomes, executed_ns, written_ns)
 
     async def _recover(self) -> None:
         try:
@@ -606,22 +613,22 @@ class Server:
         except Exception:
             log.exception("state could not be rebuilt from storage")
 
-    def _finish(self, batch: list, outcomes: list, started_ns: int, oldest_queued_ns: int, executed_ns: int,
-                written_ns: int) -> None:
+    def _finish(self, taken: TakenBatch, outcomes: list, executed_ns: int, written_ns: int) -> None:
         """Answer a batch, count it, and learn its costs (not a failed one's: written_ns 0)."""
         self.batches_committed += 1
-        self._answer(batch, outcomes)
+        self._answer(taken.items, outcomes)
         answered_ns = time.perf_counter_ns()
         try:
-            self.ops.observe_batch(batch, outcomes, answered_ns - started_ns, answered_ns - oldest_queued_ns)
+            self.ops.observe_batch(taken.items, outcomes, answered_ns - taken.started_ns,
+                                   answered_ns - taken.oldest_queued_ns)
         except Exception:       # counting must never stop the batcher
-            log.exception("a batch of %d could not be counted in the statistics", len(batch))
-        events = sum(request.events for _, request in batch)
-        self._running_events -= events
-        self._note_commit_cost(events, executed_ns, written_ns)
+            log.exception("a batch of %d could not be counted in the statistics", len(taken.items))
+        self._running_events -= taken.events
+        self._note_commit_cost(taken.events, executed_ns, written_ns)
 
-    def _take_batch(self) -> list[tuple[Connection, Request]]:
-        """Everything queued, up to batch_events_max ledger events (always at least one request).
+    def _take_batch(self) -> tuple[list[tuple[Connection, Request]], int]:
+        """Everything queued, up to batch_events_max ledger events (always at least one request),
+        and those events.
         A reload_rules is a batch of its own: a rule set swap falls between two batches, so every
         payment of a batch is decided by one rule set."""
         events = 0
@@ -637,7 +644,7 @@ class Server:
                 break
         batch, self._queue = self._queue[:count], self._queue[count:]
         self._queued_events -= events
-        return batch
+        return batch, events
 
     def _answer(self, batch: list[tuple[Connection, Request]], outcomes: list) -> None:
         """Each connection's answers in one write, in request order, each followed by the BUSY

@@ -216,7 +216,7 @@ def test_a_reload_rules_is_a_batch_of_its_own():
                          request("pay", 2), request(protocol.OP_RELOAD_RULES, 0), request(protocol.OP_RELOAD_RULES, 0)]
         batches = []
         while server._queue:
-            batches.append([item[1].op for item in server._take_batch()])
+            batches.append([item[1].op for item in server._take_batch()[0]])
         assert batches == [["pay", "ping"], [protocol.OP_RELOAD_RULES], ["pay"], [protocol.OP_RELOAD_RULES],
                            [protocol.OP_RELOAD_RULES]]
     finally:

@@ -182,7 +182,7 @@ def test_held_busy_answers_follow_their_batch_answer_and_release_the_connection(
     connection.server._wakeup = asyncio.Event()
     connection.in_flight, connection.in_flight_sizes = 1, collections.deque([10])
     shed_behind_one_request(connection, 4)
-    batch = connection.server._take_batch()
+    batch, _ = connection.server._take_batch()
     connection.server._answer(batch, [Outcome(Code.OK, None)])
     answers = msgpack.Unpacker(raw=False)
     answers.feed(b"".join(frame[4:] for frame in split_frames(b"".join(connection.transport.written))))
